@@ -1,0 +1,174 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/walship/walship/storage"
+)
+
+// IdentityKey is the key of the archive's identity record.
+const IdentityKey = "cluster.json"
+
+// Identity says which PostgreSQL cluster an archive belongs to. It is
+// written by the first push and never changed: WAL of another cluster
+// (another system identifier, such as a new initdb or a pg_upgrade) needs
+// another archive.
+type Identity struct {
+	SystemID    uint64    `json:"-"`
+	SegmentSize int64     `json:"segment_size"`
+	PGVersion   int       `json:"pg_version,omitempty"`
+	Created     time.Time `json:"created"`
+}
+
+// MarshalJSON writes the system identifier as a decimal string: JSON
+// numbers lose 64-bit precision in many readers.
+func (id Identity) MarshalJSON() ([]byte, error) {
+	type plain Identity
+	return json.Marshal(struct {
+		SystemID string `json:"system_id"`
+		plain
+	}{strconv.FormatUint(id.SystemID, 10), plain(id)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (id *Identity) UnmarshalJSON(b []byte) error {
+	type plain Identity
+	var v struct {
+		SystemID string `json:"system_id"`
+		plain
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	sys, err := strconv.ParseUint(v.SystemID, 10, 64)
+	if err != nil {
+		return fmt.Errorf("system_id %q: %w", v.SystemID, err)
+	}
+	*id = Identity(v.plain)
+	id.SystemID = sys
+	return nil
+}
+
+// ReadIdentity returns the archive's identity, or an error matching
+// storage.ErrNotExist for an archive nothing has been pushed to yet.
+func ReadIdentity(ctx context.Context, s storage.Storage) (Identity, error) {
+	rc, info, err := s.Get(ctx, IdentityKey)
+	if err != nil {
+		return Identity{}, err
+	}
+	defer rc.Close()
+	vr, err := NewVerifyingReader(info, MarkReadErrors(rc))
+	if err != nil {
+		return Identity{}, err
+	}
+	data, err := io.ReadAll(io.LimitReader(vr, 1<<20))
+	if err != nil {
+		return Identity{}, err
+	}
+	var id Identity
+	if err := json.Unmarshal(data, &id); err != nil {
+		return Identity{}, fmt.Errorf("%w: %s: %v", ErrCorrupt, IdentityKey, err)
+	}
+	return id, nil
+}
+
+// writeIdentity records id unless the archive already has an identity, in
+// which case the stored one is returned.
+func writeIdentity(ctx context.Context, s storage.Storage, id Identity) (Identity, error) {
+	data, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return Identity{}, err
+	}
+	data = append(data, '\n')
+	sum := sha256.Sum256(data)
+	d := Digest{SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
+	err = s.Put(ctx, IdentityKey, bytes.NewReader(data), int64(len(data)), d.meta())
+	if errors.Is(err, storage.ErrExist) {
+		return ReadIdentity(ctx, s)
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("record the cluster identity in %s: %w", s, err)
+	}
+	return id, nil
+}
+
+// identityCache keeps the identity of an archive on local disk, so that a
+// push needs no request beyond its upload. A cached identity that does not
+// match is never trusted to refuse: the archive is asked again.
+type identityCache struct{ path string }
+
+func newIdentityCache(dir, repo string) identityCache {
+	if dir == "" {
+		return identityCache{}
+	}
+	sum := sha256.Sum256([]byte(repo))
+	return identityCache{path: filepath.Join(dir, "identity-"+hex.EncodeToString(sum[:8])+".json")}
+}
+
+func (c identityCache) load() (Identity, bool) {
+	if c.path == "" {
+		return Identity{}, false
+	}
+	data, err := os.ReadFile(c.path)
+	if err != nil {
+		return Identity{}, false
+	}
+	var id Identity
+	if json.Unmarshal(data, &id) != nil || id.SystemID == 0 {
+		return Identity{}, false
+	}
+	return id, true
+}
+
+// store saves id; failures only cost a request on the next push.
+func (c identityCache) store(id Identity) {
+	if c.path == "" {
+		return
+	}
+	data, err := json.Marshal(id)
+	if err != nil {
+		return
+	}
+	if os.MkdirAll(filepath.Dir(c.path), 0o700) != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".identity-*")
+	if err != nil {
+		return
+	}
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil && cerr == nil {
+		err = os.Rename(tmp.Name(), c.path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+}
+
+// ControlSystemID reads the system identifier from global/pg_control of the
+// data directory dir (the first field of ControlFileData in every
+// PostgreSQL version). ok is false when dir is not a data directory.
+func ControlSystemID(dir string) (uint64, bool) {
+	f, err := os.Open(filepath.Join(dir, "global", "pg_control"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var b [8]byte
+	if _, err := io.ReadFull(f, b[:]); err != nil {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(b[:]), true
+}

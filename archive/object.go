@@ -1,0 +1,246 @@
+// Package archive owns the layout of a walship archive and wal-push.
+//
+// Layout (keys below the repository URL):
+//
+//	cluster.json                  identity of the cluster (written once)
+//	wal/<name><ext>               WAL segments, .partial, .history and
+//	                              .backup files; <ext> names the codec
+//
+// Every object carries, in its metadata, the SHA-256 and the size of its
+// uncompressed content, so readers verify it end to end. Objects are never
+// rewritten: a push of a name that is already archived succeeds only when
+// the stored content is identical.
+package archive
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/walship/walship/codec"
+	"github.com/walship/walship/storage"
+)
+
+// Metadata keys stored with every object.
+const (
+	MetaSHA256 = "walship-sha256" // hex SHA-256 of the uncompressed content
+	MetaSize   = "walship-size"   // uncompressed size in bytes
+)
+
+// WALPrefix is the key prefix of archived WAL files.
+const WALPrefix = "wal/"
+
+// WALKey is the key under which file name is stored with codec c.
+func WALKey(name string, c codec.Codec) string { return WALPrefix + name + c.Ext() }
+
+// ErrCorrupt reports an object whose content does not match its checksum,
+// size or expected header. It is never the same as "not found".
+var ErrCorrupt = errors.New("corrupt archive object")
+
+// Digest is the checksum and size of an object's uncompressed content.
+type Digest struct {
+	SHA256 string
+	Size   int64
+}
+
+func (d Digest) meta() map[string]string {
+	return map[string]string{MetaSHA256: d.SHA256, MetaSize: strconv.FormatInt(d.Size, 10)}
+}
+
+// DigestOf reads the digest an object was stored with.
+func DigestOf(info storage.ObjectInfo) (Digest, error) {
+	sum := info.Metadata[MetaSHA256]
+	size, err := strconv.ParseInt(info.Metadata[MetaSize], 10, 64)
+	if len(sum) != 64 || err != nil || size < 0 {
+		return Digest{}, fmt.Errorf("%w: %s has no walship checksum metadata (was it written by another tool?)", ErrCorrupt, info.Key)
+	}
+	return Digest{SHA256: sum, Size: size}, nil
+}
+
+// spillThreshold is the compressed size above which a pending upload is
+// kept in a temporary file instead of memory (segments can be up to 1 GB).
+const spillThreshold = 64 << 20
+
+// compressed is a compressed object ready for upload.
+type compressed struct {
+	body   io.ReadSeeker
+	size   int64
+	digest Digest
+	close  func()
+}
+
+// compress reads all of r through c, computing the digest of the input.
+func compress(r io.Reader, c codec.Codec, sizeHint int64) (*compressed, error) {
+	var (
+		sink  io.Writer
+		buf   *bytes.Buffer
+		spill *os.File
+	)
+	if sizeHint > spillThreshold {
+		f, err := os.CreateTemp("", "walship-push-*")
+		if err != nil {
+			return nil, fmt.Errorf("create temporary file for a %d-byte upload: %w (set TMPDIR to a writable directory)", sizeHint, err)
+		}
+		os.Remove(f.Name()) // anonymous: nothing is left behind on a crash
+		spill, sink = f, f
+	} else {
+		buf = bytes.NewBuffer(make([]byte, 0, sizeHint/4+4096))
+		sink = buf
+	}
+	fail := func(err error) (*compressed, error) {
+		if spill != nil {
+			spill.Close()
+		}
+		return nil, err
+	}
+	h := sha256.New()
+	zw, err := c.NewWriter(sink)
+	if err != nil {
+		return fail(err)
+	}
+	n, err := io.Copy(zw, io.TeeReader(r, h))
+	if err != nil {
+		return fail(err)
+	}
+	if err := zw.Close(); err != nil {
+		return fail(fmt.Errorf("compress with %s: %w", c.Name(), err))
+	}
+	out := &compressed{digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: func() {}}
+	if spill != nil {
+		size, err := spill.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := spill.Seek(0, io.SeekStart); err != nil {
+			return fail(err)
+		}
+		out.body, out.size, out.close = spill, size, func() { spill.Close() }
+	} else {
+		out.body, out.size = bytes.NewReader(buf.Bytes()), int64(buf.Len())
+	}
+	return out, nil
+}
+
+// VerifyingReader decompresses an object and checks, at EOF, that its
+// content matches the digest it was stored with. Read returns an error
+// wrapping ErrCorrupt instead of io.EOF when it does not, and as soon as
+// the content grows past the recorded size.
+type VerifyingReader struct {
+	key  string
+	want Digest
+	dec  io.ReadCloser
+	h    hash.Hash
+	n    int64
+}
+
+// NewVerifyingReader wraps the raw stored stream of the object described
+// by info. The codec is taken from the key's extension.
+func NewVerifyingReader(info storage.ObjectInfo, raw io.Reader) (*VerifyingReader, error) {
+	want, err := DigestOf(info)
+	if err != nil {
+		return nil, err
+	}
+	_, c := codec.Split(info.Key)
+	dec, err := c.NewReader(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: cannot start %s decompression: %v", ErrCorrupt, info.Key, c.Name(), err)
+	}
+	return &VerifyingReader{key: info.Key, want: want, dec: dec, h: sha256.New()}, nil
+}
+
+// Size is the uncompressed size the object was stored with.
+func (v *VerifyingReader) Size() int64 { return v.want.Size }
+
+func (v *VerifyingReader) Read(p []byte) (int, error) {
+	n, err := v.dec.Read(p)
+	v.h.Write(p[:n])
+	v.n += int64(n)
+	if v.n > v.want.Size {
+		return n, fmt.Errorf("%w: %s holds more than the %d bytes it was stored with", ErrCorrupt, v.key, v.want.Size)
+	}
+	if err == io.EOF {
+		if v.n != v.want.Size {
+			return n, fmt.Errorf("%w: %s is truncated: %d of %d bytes", ErrCorrupt, v.key, v.n, v.want.Size)
+		}
+		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want.SHA256 {
+			return n, fmt.Errorf("%w: %s fails its checksum (sha256 %s, stored with %s)", ErrCorrupt, v.key, short(got), short(v.want.SHA256))
+		}
+		return n, io.EOF
+	}
+	if err != nil && !isStorageError(err) {
+		// A decoder error means the stored bytes are damaged.
+		return n, fmt.Errorf("%w: %s: %v", ErrCorrupt, v.key, err)
+	}
+	return n, err
+}
+
+// Close releases the decoder.
+func (v *VerifyingReader) Close() error { return v.dec.Close() }
+
+// readError marks an error that came from the storage stream under the
+// decoder, so it is not mistaken for damaged content.
+type readError struct{ err error }
+
+func (e readError) Error() string { return e.err.Error() }
+func (e readError) Unwrap() error { return e.err }
+
+func isStorageError(err error) bool {
+	var r readError
+	return errors.As(err, &r)
+}
+
+// MarkReadErrors wraps a storage stream so that its read errors can be told
+// apart from decoding errors by VerifyingReader.
+func MarkReadErrors(r io.Reader) io.Reader { return markedReader{r} }
+
+type markedReader struct{ r io.Reader }
+
+func (m markedReader) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = readError{err}
+	}
+	return n, err
+}
+
+func short(sum string) string {
+	if len(sum) > 12 {
+		return sum[:12]
+	}
+	return sum
+}
+
+// FindWAL returns the stored object for WAL file name, trying the preferred
+// codec first and then any other extension found by listing. It returns an
+// error matching storage.ErrNotExist when no object exists under any codec.
+func FindWAL(ctx context.Context, s storage.Storage, name string, preferred codec.Codec) (io.ReadCloser, storage.ObjectInfo, error) {
+	rc, info, err := s.Get(ctx, WALKey(name, preferred))
+	if !errors.Is(err, storage.ErrNotExist) {
+		return rc, info, err
+	}
+	var found string
+	err = s.List(ctx, WALPrefix+name, func(o storage.ObjectInfo) error {
+		if base, _ := codec.Split(o.Key); base == WALPrefix+name && found == "" {
+			found = o.Key
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, storage.ObjectInfo{}, err
+	}
+	if found == "" {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("%s: %w", name, storage.ErrNotExist)
+	}
+	return s.Get(ctx, found)
+}
+
+// trimKey strips the WAL prefix for messages.
+func trimKey(key string) string { return strings.TrimPrefix(key, WALPrefix) }

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/walship/walship/archive"
+)
+
+func (a *app) walPushCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wal-push",
+		Usage:     "archive one WAL, .partial, .history or .backup file (archive_command)",
+		ArgsUsage: "PATH",
+		Description: `Archives the file at PATH. In postgresql.conf:
+
+   archive_mode = on
+   archive_command = 'walship --config /etc/walship.conf wal-push %p'
+
+Exits 0 only once the file is durably stored. A segment is checked
+before upload: its name, size, page address and system identifier must
+match, and WAL of another cluster is refused. A file already archived
+with identical content succeeds (PostgreSQL retries after crashes); with
+different content it fails — that means two servers write the same
+timeline (split brain) — and nothing is overwritten.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "pgdata", EnvVars: []string{"PGDATA"}, Usage: "the cluster's data `DIR` (default: the working directory, where PostgreSQL runs archive_command)"},
+		},
+		Action: a.walPush,
+	}
+}
+
+func (a *app) walPush(c *cli.Context) error {
+	argv, err := args(c, 1)
+	if err != nil {
+		return err
+	}
+	cd, err := compression(c)
+	if err != nil {
+		return err
+	}
+	s, err := a.openRepo(c)
+	if err != nil {
+		return err
+	}
+	res, err := archive.Push(c.Context, s, argv[0], archive.PushOptions{
+		Codec:    cd,
+		Repo:     c.String(flagRepo),
+		CacheDir: cacheDir(c),
+		DataDir:  dataDir(c.String("pgdata")),
+		Logger:   a.log,
+	})
+	if errors.Is(err, archive.ErrBadName) {
+		return withCode(exitUsage, fmt.Errorf("wal-push %s: %w", argv[0], err))
+	}
+	if err != nil {
+		return fmt.Errorf("wal-push %s: %w", argv[0], err)
+	}
+	msg := fmt.Sprintf("archived %s: %s → %s %s (%.1f%%) in %s", res.Name, humanBytes(res.Size), humanBytes(res.Stored),
+		res.Codec, ratio(res.Stored, res.Size), res.Duration.Round(1e6))
+	if res.AlreadyArchived {
+		msg = fmt.Sprintf("%s was already archived with identical content; nothing to do", res.Name)
+	}
+	a.log.Info(msg, "file", res.Name, "size", res.Size, "stored", res.Stored, "codec", res.Codec, "ms", res.Duration.Milliseconds())
+	return nil
+}
+
+func ratio(part, whole int64) float64 {
+	if whole == 0 {
+		return 100
+	}
+	return 100 * float64(part) / float64(whole)
+}

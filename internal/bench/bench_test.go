@@ -1,0 +1,262 @@
+// Package bench measures walship against baselines run in the same
+// process on the same files: `cp` and the `zstd` CLI for wal-push and
+// wal-fetch of real pgbench WAL and of incompressible segments, on a
+// file:// archive and on a real MinIO. It prints a table of times and
+// ratios; it asserts nothing about speed (shared machines vary), only that
+// every fetched segment equals the pushed one.
+//
+// Run it with `make bench` (WALSHIP_BENCH=1 go test -run TestBenchTable -v ./internal/bench).
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/s3test"
+)
+
+const maxSegments = 12
+
+func TestBenchTable(t *testing.T) {
+	if os.Getenv("WALSHIP_BENCH") == "" {
+		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
+	}
+	bin := buildWalship(t)
+	real := pgbenchWAL(t)
+	random := randomWAL(t, len(real))
+	t.Logf("%d segments of real pgbench WAL, %d of random data", len(real), len(random))
+
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	archives := []struct {
+		name string
+		env  func(t *testing.T) []string
+	}{
+		{"file", func(t *testing.T) []string {
+			return []string{"WALSHIP_REPO=file://" + pgtest.NewDir(t, "archive")}
+		}},
+		{"s3", func(t *testing.T) []string {
+			prefix := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+			return append(srv.Env(), "WALSHIP_REPO=s3://"+bucket+"/"+prefix, "WALSHIP_S3_PATH_STYLE=true", "AWS_EC2_METADATA_DISABLED=true")
+		}},
+	}
+
+	var rows []row
+	for _, set := range []struct {
+		name string
+		segs []string
+	}{{"pgbench WAL", real}, {"random data", random}} {
+		cpPush := timeEach(t, set.segs, func(seg string) *exec.Cmd {
+			return exec.Command("cp", seg, filepath.Join(t.TempDir(), filepath.Base(seg)))
+		})
+		rows = append(rows, row{what: "cp (baseline)", data: set.name, backend: "local", codec: "-", per: cpPush.per, mbps: mbps(set.segs, cpPush.per), ratio: 1, stored: 1})
+		zstdOut := t.TempDir()
+		zstdPush := timeEach(t, set.segs, func(seg string) *exec.Cmd {
+			return exec.Command("zstd", "-q", "-3", "-f", seg, "-o", filepath.Join(zstdOut, filepath.Base(seg)+".zst"))
+		})
+		rows = append(rows, row{what: "zstd -3 CLI (baseline)", data: set.name, backend: "local", codec: "zstd", per: zstdPush.per, mbps: mbps(set.segs, zstdPush.per),
+			ratio: ratio(zstdPush.per, cpPush.per), stored: storedFraction(t, zstdOut, set.segs)})
+
+		for _, a := range archives {
+			for _, codec := range []string{"zstd", "s2", "gzip", "none"} {
+				env := append(a.env(t), "WALSHIP_COMPRESS="+codec, "WALSHIP_CACHE_DIR="+t.TempDir())
+				work := t.TempDir()
+				push := timeEach(t, set.segs, func(seg string) *exec.Cmd {
+					c := exec.Command(bin, "wal-push", seg)
+					c.Env, c.Dir = append(os.Environ(), env...), work
+					return c
+				})
+				storedBytes := push.stored
+				rows = append(rows, row{what: "wal-push", data: set.name, backend: a.name, codec: codec, per: push.per, mbps: mbps(set.segs, push.per),
+					ratio: ratio(push.per, cpPush.per), stored: storedBytes, rss: push.rss})
+				dest := filepath.Join(work, "RECOVERYXLOG")
+				fetch := timeEach(t, set.segs, func(seg string) *exec.Cmd {
+					c := exec.Command(bin, "wal-fetch", filepath.Base(seg), dest)
+					c.Env, c.Dir = append(os.Environ(), env...), work
+					return c
+				}, func(seg string) {
+					if !sameFile(t, seg, dest) {
+						t.Fatalf("wal-fetch of %s returned other bytes", filepath.Base(seg))
+					}
+				})
+				rows = append(rows, row{what: "wal-fetch", data: set.name, backend: a.name, codec: codec, per: fetch.per, mbps: mbps(set.segs, fetch.per),
+					ratio: ratio(fetch.per, cpPush.per), rss: fetch.rss})
+			}
+		}
+	}
+	printTable(rows)
+}
+
+type row struct {
+	what, data, backend, codec string
+	per                        time.Duration
+	mbps                       float64
+	ratio                      float64 // time relative to cp of the same file
+	stored                     float64 // stored bytes / original bytes (0: not measured)
+	rss                        int64   // peak resident set of one walship process, bytes
+}
+
+func printTable(rows []row) {
+	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "operation\tdata\tarchive\tcodec\tms/segment\tMB/s\ttime vs cp\tstored\tpeak RSS\t")
+	for _, r := range rows {
+		stored, rss := "-", "-"
+		if r.stored > 0 {
+			stored = fmt.Sprintf("%.1f%%", 100*r.stored)
+		}
+		if r.rss > 0 {
+			rss = fmt.Sprintf("%d MB", r.rss>>20)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.2fx\t%s\t%s\t\n", r.what, r.data, r.backend, r.codec,
+			float64(r.per.Microseconds())/1000, r.mbps, r.ratio, stored, rss)
+	}
+	w.Flush()
+}
+
+type timing struct {
+	per    time.Duration // mean time per segment
+	stored float64       // fraction of bytes stored, from walship's log
+	rss    int64
+}
+
+// timeEach runs one command per segment, one after the other as
+// PostgreSQL's archiver does, and returns the mean time per segment.
+func timeEach(t *testing.T, segs []string, command func(seg string) *exec.Cmd, check ...func(seg string)) timing {
+	t.Helper()
+	var total time.Duration
+	var tm timing
+	var in, out int64
+	for _, seg := range segs {
+		c := command(seg)
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
+		start := time.Now()
+		if err := c.Run(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(c.Args, " "), err, stderr.String())
+		}
+		total += time.Since(start)
+		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok && ru.Maxrss*1024 > tm.rss {
+			tm.rss = ru.Maxrss * 1024
+		}
+		if s, st, ok := parseSizes(stderr.String()); ok {
+			in, out = in+s, out+st
+		}
+		for _, f := range check {
+			f(seg)
+		}
+	}
+	tm.per = total / time.Duration(len(segs))
+	if in > 0 {
+		tm.stored = float64(out) / float64(in)
+	}
+	return tm
+}
+
+// parseSizes reads size= and stored= from a walship log line.
+func parseSizes(log string) (size, stored int64, ok bool) {
+	var s, st int64
+	for _, f := range strings.Fields(log) {
+		if v, found := strings.CutPrefix(f, "size="); found {
+			fmt.Sscan(v, &s)
+		}
+		if v, found := strings.CutPrefix(f, "stored="); found {
+			fmt.Sscan(v, &st)
+		}
+	}
+	return s, st, s > 0
+}
+
+func mbps(segs []string, per time.Duration) float64 {
+	st, _ := os.Stat(segs[0])
+	return float64(st.Size()) / (1 << 20) / per.Seconds()
+}
+
+func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
+
+func storedFraction(t *testing.T, dir string, segs []string) float64 {
+	var in, out int64
+	for _, seg := range segs {
+		st, _ := os.Stat(seg)
+		in += st.Size()
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		info, _ := e.Info()
+		out += info.Size()
+	}
+	return float64(out) / float64(in)
+}
+
+func sameFile(t *testing.T, a, b string) bool {
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(x, y)
+}
+
+func buildWalship(t *testing.T) string {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "walship")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/walship/walship/cmd/walship").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build walship: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// pgbenchWAL runs pgbench on a real PostgreSQL that archives with cp and
+// returns up to maxSegments completed segments.
+func pgbenchWAL(t *testing.T) []string {
+	dir := pgtest.NewDir(t, "walcopy")
+	c := pgtest.Start(t, pgtest.Options{Conf: map[string]string{
+		"archive_mode":    "on",
+		"archive_command": "cp %p " + dir + "/%f",
+	}})
+	c.Pgbench(t, "-i", "-s", "10", "-q")
+	c.Pgbench(t, "-T", "15", "-c", "4", "-j", "2")
+	last := c.Psql(t, "SELECT pg_walfile_name(pg_switch_wal())")
+	c.WaitFor(t, fmt.Sprintf("SELECT coalesce(last_archived_wal, '') >= '%s' FROM pg_stat_archiver", last), "t", 2*time.Minute)
+	matches, _ := filepath.Glob(filepath.Join(dir, "????????????????????????"))
+	sort.Strings(matches)
+	// Skip the first segments (initdb's), which are unlike steady-state WAL.
+	if len(matches) > maxSegments+2 {
+		matches = matches[len(matches)-maxSegments-1 : len(matches)-1]
+	}
+	return matches
+}
+
+// randomWAL makes n incompressible segments with valid headers, copying
+// the header page of a real segment so wal-push accepts them.
+func randomWAL(t *testing.T, n int) []string {
+	dir := t.TempDir()
+	var out []string
+	for i := 0; i < n; i++ {
+		data := make([]byte, 16<<20)
+		rand.NewChaCha8([32]byte{byte(i)}).Read(data)
+		hdr := walHeader(0xD110, 1, uint64(i+1)*16<<20, 7300000000000000099, 16<<20)
+		copy(data, hdr)
+		path := filepath.Join(dir, fmt.Sprintf("%08X%08X%08X", 1, 0, i+1))
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, path)
+	}
+	return out
+}

@@ -1,0 +1,202 @@
+// Package restore owns wal-fetch: it brings one archived file back to the
+// path PostgreSQL asked for, verified, and reports precisely whether the
+// file is absent (so recovery may end there) or could not be fetched (so
+// recovery must not end there).
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/codec"
+	"github.com/walship/walship/storage"
+	"github.com/walship/walship/wal"
+)
+
+// Errors Fetch can end with, for callers that map them to exit codes.
+var (
+	// ErrBadName: the requested name is not a WAL file name.
+	ErrBadName = errors.New("not a WAL file name")
+	// ErrNotFound: the archive definitely does not hold the file.
+	ErrNotFound = errors.New("not in the archive")
+)
+
+// FetchOptions configures Fetch.
+type FetchOptions struct {
+	Codec   codec.Codec // tried first; other codecs are found by listing
+	DataDir string      // the cluster's data directory: its pg_control is checked
+	Retry   storage.RetryOptions
+	Logger  *slog.Logger
+}
+
+// FetchResult describes a completed fetch.
+type FetchResult struct {
+	Name     string
+	Key      string
+	Size     int64
+	Stored   int64
+	Duration time.Duration
+}
+
+// Fetch restores the archived file name to dest. dest appears only when
+// complete and verified (checksum, size and, for segments, the page
+// header and system identifier); a partial download never reaches it.
+//
+// Errors: ErrBadName for a malformed name, ErrNotFound when the archive
+// has no such file, archive.ErrCorrupt or archive.ErrForeign when the
+// stored object is damaged or belongs to another cluster, and any other
+// error for storage failures.
+func Fetch(ctx context.Context, s storage.Storage, name, dest string, o FetchOptions) (FetchResult, error) {
+	start := time.Now()
+	fn, err := wal.ParseFileName(name)
+	if err != nil {
+		return FetchResult{}, fmt.Errorf("%w: %v", ErrBadName, err)
+	}
+	if name != fn.String() {
+		return FetchResult{}, fmt.Errorf("%w: %q", ErrBadName, name)
+	}
+	var res FetchResult
+	// Opening the object is retried inside s; a failure while streaming the
+	// body is retried here, as a whole download.
+	err = storage.Retry(ctx, o.Retry, "fetch "+name, func(ctx context.Context) error {
+		r, err := fetchOnce(ctx, s, fn, dest, o)
+		if err != nil && !isStreamError(err) {
+			return storage.Permanent(err)
+		}
+		res = r
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, storage.ErrNotExist) {
+			return FetchResult{}, fmt.Errorf("%s: %w", name, ErrNotFound)
+		}
+		return FetchResult{}, err
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// streamError marks a failure while reading an object's body.
+type streamError struct{ err error }
+
+func (e streamError) Error() string { return e.err.Error() }
+func (e streamError) Unwrap() error { return e.err }
+
+func isStreamError(err error) bool {
+	var s streamError
+	return errors.As(err, &s)
+}
+
+func fetchOnce(ctx context.Context, s storage.Storage, fn wal.FileName, dest string, o FetchOptions) (FetchResult, error) {
+	name := fn.String()
+	rc, info, err := archive.FindWAL(ctx, s, name, o.Codec)
+	if err != nil {
+		return FetchResult{}, err
+	}
+	defer rc.Close()
+	vr, err := archive.NewVerifyingReader(info, archive.MarkReadErrors(rc))
+	if err != nil {
+		return FetchResult{}, err
+	}
+	defer vr.Close()
+
+	dir := filepath.Dir(dest)
+	tmp, err := os.CreateTemp(dir, ".walship-fetch-*")
+	if err != nil {
+		return FetchResult{}, fmt.Errorf("create a temporary file next to %s: %w", dest, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(0o600); err != nil {
+		return FetchResult{}, err
+	}
+	n, err := copyVerified(tmp, vr)
+	if err != nil {
+		return FetchResult{}, err
+	}
+	if fn.Kind == wal.KindSegment || fn.Kind == wal.KindPartial {
+		if err := checkSegment(tmp, fn, n, info.Key, o.DataDir); err != nil {
+			return FetchResult{}, err
+		}
+	}
+	if err := tmp.Sync(); err != nil {
+		return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
+	}
+	if err := os.Rename(tmp.Name(), dest); err != nil {
+		return FetchResult{}, fmt.Errorf("move the fetched file into place at %s: %w", dest, err)
+	}
+	committed = true
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return FetchResult{Name: name, Key: info.Key, Size: n, Stored: info.Size}, nil
+}
+
+// copyVerified copies the verified content into w, telling local write
+// failures (full or read-only disk: not retried) from storage read
+// failures (retried) and damaged content (never retried).
+func copyVerified(w io.Writer, vr *archive.VerifyingReader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		m, rerr := vr.Read(buf)
+		if m > 0 {
+			if _, err := w.Write(buf[:m]); err != nil {
+				return n, fmt.Errorf("write the fetched file: %w (is the disk full or read-only?)", err)
+			}
+			n += int64(m)
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			if errors.Is(rerr, archive.ErrCorrupt) {
+				return n, rerr
+			}
+			return n, streamError{fmt.Errorf("download: %w", rerr)}
+		}
+	}
+}
+
+// checkSegment validates a fetched segment's header against its name and
+// the data directory's system identifier.
+func checkSegment(f *os.File, fn wal.FileName, size int64, key, dataDir string) error {
+	head := make([]byte, wal.LongPageHeaderSize)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return fmt.Errorf("%w: %s is too short to be a WAL segment (%d bytes)", archive.ErrCorrupt, key, size)
+	}
+	hdr, err := wal.ParsePageHeader(head)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", archive.ErrCorrupt, key, err)
+	}
+	if int64(hdr.SegSize) != size {
+		return fmt.Errorf("%w: %s is %d bytes but its header says segments are %d bytes", archive.ErrCorrupt, key, size, hdr.SegSize)
+	}
+	if _, err := wal.CheckSegmentHeader(head, fn, size); err != nil {
+		return fmt.Errorf("%w: %s: %v", archive.ErrCorrupt, key, err)
+	}
+	if dataDir == "" {
+		return nil
+	}
+	if sys, ok := archive.ControlSystemID(dataDir); ok && sys != hdr.SysID {
+		return fmt.Errorf("%w: %s belongs to database system %d, but this data directory is system %d: point --repo at this cluster's archive",
+			archive.ErrForeign, key, hdr.SysID, sys)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/walship/walship/storage"
+)
+
+// policyHint lists what walship needs from a bucket policy.
+const policyHint = "walship needs s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket"
+
+// httpStatus is the status of the server's answer, or 0 when there was none.
+func httpStatus(err error) int {
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+// apiCode is the S3 error code ("NoSuchKey", "AccessDenied", …). Answers
+// without a body (HEAD) only have one derived from the status ("NotFound").
+func apiCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// isNotFound reports a 404 about the object rather than the bucket.
+func isNotFound(err error) bool {
+	code := apiCode(err)
+	return code == "NoSuchKey" || httpStatus(err) == http.StatusNotFound && code != "NoSuchBucket"
+}
+
+func (s *Storage) noBucket() string {
+	return fmt.Sprintf("bucket %s does not exist at %s: create it or fix --repo", s.bucket, s.endpoint)
+}
+
+// fail describes a failed call in the operator's terms and marks what
+// retrying cannot fix as storage.Permanent. ctx is the caller's context, w
+// the call's watchdog.
+func (s *Storage) fail(ctx context.Context, op, key string, w *watchdog, err error) error {
+	where := s.url(key)
+	if op == "list" {
+		where = s.String() + "/" + strings.TrimSuffix(key, "*") + "*"
+	}
+	wrap := func(format string, args ...any) error {
+		return fmt.Errorf("s3 %s %s: %s: %w", op, where, fmt.Sprintf(format, args...), err)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("s3 %s %s: %w", op, where, context.Cause(ctx))
+	case w.stalled():
+		// Not the SDK's error: it says "context canceled", and this is
+		// no cancellation but a server that stopped answering.
+		return fmt.Errorf("s3 %s %s: no answer from %s for %v: %w", op, where, s.endpoint, s.stall, os.ErrDeadlineExceeded)
+	}
+
+	status, code := httpStatus(err), apiCode(err)
+	if status == 0 {
+		var sendErr *smithyhttp.RequestSendError
+		var netErr net.Error
+		switch {
+		case errors.As(err, &netErr) && netErr.Timeout():
+			return wrap("no answer from %s in time", s.endpoint)
+		case errors.As(err, &sendErr):
+			return wrap("cannot reach %s", s.endpoint)
+		case errors.As(err, &netErr):
+			return wrap("network error talking to %s", s.endpoint)
+		case strings.Contains(err.Error(), "get identity"), strings.Contains(err.Error(), "credentials"):
+			return storage.Permanent(wrap("no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, a web identity or an instance role"))
+		default:
+			// The request was never sent: the SDK refused it, which
+			// sending it again will not change.
+			return storage.Permanent(wrap("request not sent"))
+		}
+	}
+
+	switch code {
+	case "NoSuchBucket":
+		return storage.Permanent(wrap("%s", s.noBucket()))
+	case "InvalidBucketName":
+		return storage.Permanent(wrap("%q is not a valid bucket name: fix --repo", s.bucket))
+	case "InvalidAccessKeyId":
+		return storage.Permanent(wrap("access denied to %s: %s does not know the access key; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", s, s.endpoint))
+	case "SignatureDoesNotMatch":
+		return storage.Permanent(wrap("access denied to %s: the secret key does not match the access key; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", s))
+	case "RequestTimeTooSkewed":
+		return storage.Permanent(wrap("this machine's clock is too far from %s's: synchronise it (NTP)", s.endpoint))
+	case "ExpiredToken", "InvalidToken", "TokenRefreshRequired":
+		return storage.Permanent(wrap("the session credentials are expired or invalid: refresh them (AWS_SESSION_TOKEN, AWS_PROFILE)"))
+	case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":
+		return storage.Permanent(wrap("%s", s.wrongRegion(err)))
+	case "BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch", "IncompleteBody":
+		// Corrupted on the way, or the source changed while it was
+		// read; the server stored nothing, and a new attempt reads the
+		// source again.
+		return wrap("%s received data that does not match its checksum", s.endpoint)
+	case "RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "OperationAborted":
+		return wrap("%s is busy or failing (%s); try again", s.endpoint, code)
+	case "ConditionalRequestConflict":
+		return wrap("another write of this key is in progress; try again")
+	case "EntityTooLarge":
+		return storage.Permanent(wrap("object too large for one S3 PUT"))
+	case "NotImplemented":
+		if op == "put" {
+			return storage.Permanent(wrap("%s does not support conditional writes (If-None-Match: *), which walship needs to never overwrite a file; upgrade it or use another S3 server", s.endpoint))
+		}
+		return storage.Permanent(wrap("%s does not implement this request", s.endpoint))
+	}
+
+	switch {
+	case status == http.StatusForbidden:
+		return storage.Permanent(wrap("access denied to %s: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy (%s)", s, policyHint))
+	case status == http.StatusMovedPermanently:
+		return storage.Permanent(wrap("%s", s.wrongRegion(err)))
+	case status == http.StatusConflict, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+		return wrap("%s answered %d; try again", s.endpoint, status)
+	case status >= 500:
+		return wrap("%s failed (%d)", s.endpoint, status)
+	case status >= 400:
+		return storage.Permanent(wrap("%s rejected the request (%d %s)", s.endpoint, status, code))
+	default:
+		return wrap("unexpected answer %d from %s", status, s.endpoint)
+	}
+}
+
+// wrongRegion names the bucket's region when the server said it.
+func (s *Storage) wrongRegion(err error) string {
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) && re.Response != nil {
+		if r := re.Response.Header.Get("X-Amz-Bucket-Region"); r != "" {
+			return fmt.Sprintf("bucket %s is in region %s: set AWS_REGION=%s", s.bucket, r, r)
+		}
+	}
+	return fmt.Sprintf("bucket %s is in another region: set AWS_REGION to the bucket's region", s.bucket)
+}

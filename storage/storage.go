@@ -1,0 +1,79 @@
+// Package storage owns the archive's view of object storage: a small
+// Storage interface with the semantics every backend must honour, the
+// sentinel errors callers branch on, and wrappers that add timeouts,
+// retries and (in tests) injected faults to any backend.
+//
+// Every backend guarantees:
+//   - Put is atomic and never overwrites: a reader sees either no object
+//     or the complete one, and an existing key makes Put fail with
+//     ErrExist without touching the stored object.
+//   - Put returns nil only once the object is durably stored.
+//   - Get and Stat of a missing key fail with an error matching
+//     ErrNotExist (errors.Is), never with a generic error.
+//   - Metadata keys are lower-case ASCII; values are printable ASCII.
+//
+// Keys are slash-separated relative paths ("wal/000000010000000000000001.zst").
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotExist reports that the object is not in storage.
+var ErrNotExist = errors.New("object does not exist")
+
+// ErrExist reports that Put found the key already stored.
+var ErrExist = errors.New("object already exists")
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Key      string
+	Size     int64             // stored bytes
+	ModTime  time.Time         // zero when the backend does not know it
+	Metadata map[string]string // only filled by Get and Stat, not by List
+}
+
+// Storage is an object store addressed by keys.
+type Storage interface {
+	// Put stores size bytes read from body under key, only if the key does
+	// not exist yet; otherwise it returns an error matching ErrExist. body
+	// may be rewound (Seek to 0) and read again by retrying callers.
+	Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string) error
+	// Get opens the object for reading. The caller must close the reader.
+	Get(ctx context.Context, key string) (io.ReadCloser, ObjectInfo, error)
+	// Stat returns the object's size and metadata.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	// List calls fn for every object whose key starts with prefix, in
+	// lexical key order. An error from fn stops the listing and is returned.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	// Delete removes the object. Deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+	// String names the location for messages, without secrets.
+	String() string
+}
+
+// permanentError marks an error that retrying cannot fix (access denied, no
+// such bucket, malformed request).
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as not worth retrying. Backends use it for
+// authorisation and configuration failures so that callers fail fast.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err (or an error it wraps) was marked with
+// Permanent, or is ErrNotExist or ErrExist, which are answers, not faults.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p) || errors.Is(err, ErrNotExist) || errors.Is(err, ErrExist)
+}

@@ -1,0 +1,632 @@
+// Package storagetest is the conformance suite every storage backend must
+// pass. It checks, through the storage.Storage interface only, the
+// guarantees the archive relies on: atomic no-overwrite Put, exact round
+// trips of content and metadata, ErrNotExist for missing objects, ordered
+// and complete listings (past S3's 1000-keys-per-page limit), idempotent
+// Delete, a single winner among concurrent Puts of one key (losers get
+// ErrExist, or a retryable error whose retry gets ErrExist), and Puts
+// that leave nothing behind when they fail or are cancelled.
+//
+// A backend's test calls Run with a constructor:
+//
+//	func TestConformance(t *testing.T) {
+//		storagetest.Run(t, func(t *testing.T) storage.Storage {
+//			s, err := fs.New(t.TempDir())
+//			if err != nil {
+//				t.Fatal(err)
+//			}
+//			return s
+//		})
+//	}
+package storagetest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/storage"
+)
+
+// Run runs the conformance suite as subtests of t.
+//
+// newStorage is called once per subtest, possibly from several subtests at
+// the same time, and must return an empty storage that no other call shares
+// (for S3: a fresh bucket or a fresh key prefix). It should register any
+// cleanup with t.Cleanup and fail the test itself if it cannot connect.
+//
+// Keys used by the suite are valid everywhere: slash-separated, no empty
+// components, no component starting with ".", and no key that is also the
+// "directory" of another key.
+func Run(t *testing.T, newStorage func(t *testing.T) storage.Storage) {
+	t.Helper()
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s storage.Storage)
+	}{
+		{"PutGet", testPutGet},
+		{"PutExisting", testPutExisting},
+		{"NotExist", testNotExist},
+		{"ZeroByte", testZeroByte},
+		{"LargeBody", testLargeBody},
+		{"KeyCharacters", testKeyCharacters},
+		{"ListNested", testListNested},
+		{"ListMany", testListMany},
+		{"ListStop", testListStop},
+		{"Delete", testDelete},
+		{"ConcurrentPut", testConcurrentPut},
+		{"CancelledPut", testCancelledPut},
+		{"ShortBody", testShortBody},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newStorage(t)
+			if s == nil {
+				t.Fatal("newStorage returned nil")
+			}
+			tc.fn(t, s)
+		})
+	}
+}
+
+// checksum is how the suite's metadata looks like the archive's: a
+// walship-sha256 value over the content.
+func checksum(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+func metaFor(data []byte) map[string]string {
+	return map[string]string{
+		"walship-sha256": checksum(data),
+		"walship-codec":  "zstd",
+		"walship-size":   fmt.Sprint(len(data)),
+		"walship-time":   "2024-05-01T03:00:00Z",
+	}
+}
+
+// randomBytes returns n bytes that do not compress, from a fixed seed so a
+// failure reproduces.
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 0x77616c73686970))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func put(t *testing.T, s storage.Storage, key string, data []byte, meta map[string]string) {
+	t.Helper()
+	if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), meta); err != nil {
+		t.Fatalf("Put(%q, %d bytes) on %s: %v", key, len(data), s, err)
+	}
+}
+
+// get reads the whole object and checks that Get's ObjectInfo agrees
+// with what was read.
+func get(t *testing.T, s storage.Storage, key string) ([]byte, storage.ObjectInfo) {
+	t.Helper()
+	rc, info, err := s.Get(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Get(%q) on %s: %v", key, s, err)
+	}
+	data, err := io.ReadAll(rc)
+	if cerr := rc.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("Get(%q) on %s: reading body: %v", key, s, err)
+	}
+	if info.Key != key {
+		t.Errorf("Get(%q): ObjectInfo.Key = %q", key, info.Key)
+	}
+	if info.Size != int64(len(data)) {
+		t.Errorf("Get(%q): ObjectInfo.Size = %d, but the body has %d bytes", key, info.Size, len(data))
+	}
+	return data, info
+}
+
+// checkObject checks content and metadata of key through Get and Stat.
+func checkObject(t *testing.T, s storage.Storage, key string, want []byte, wantMeta map[string]string) {
+	t.Helper()
+	data, info := get(t, s, key)
+	if !bytes.Equal(data, want) {
+		t.Errorf("Get(%q): content differs: got %d bytes (sha256 %s), want %d bytes (sha256 %s)",
+			key, len(data), checksum(data), len(want), checksum(want))
+	}
+	checkMeta(t, "Get("+key+")", info.Metadata, wantMeta)
+
+	st, err := s.Stat(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Stat(%q): %v", key, err)
+	}
+	if st.Key != key {
+		t.Errorf("Stat(%q): Key = %q", key, st.Key)
+	}
+	if st.Size != int64(len(want)) {
+		t.Errorf("Stat(%q): Size = %d, want %d", key, st.Size, len(want))
+	}
+	checkMeta(t, "Stat("+key+")", st.Metadata, wantMeta)
+	// A backend may not know modification times, but one it reports
+	// must be plausible: retention and temp-file sweeping rely on them.
+	if !st.ModTime.IsZero() && time.Since(st.ModTime).Abs() > 24*time.Hour {
+		t.Errorf("Stat(%q): ModTime %v is more than a day away from now", key, st.ModTime)
+	}
+}
+
+func checkMeta(t *testing.T, what string, got, want map[string]string) {
+	t.Helper()
+	if len(got) == 0 && len(want) == 0 {
+		return
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("%s: metadata = %v, want %v", what, got, want)
+	}
+}
+
+func checkNotExist(t *testing.T, s storage.Storage, key string) {
+	t.Helper()
+	rc, _, err := s.Get(t.Context(), key)
+	if err == nil {
+		rc.Close()
+		t.Errorf("Get(%q) on %s succeeded, want an error matching storage.ErrNotExist", key, s)
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("Get(%q) on %s: %v, want an error matching storage.ErrNotExist", key, s, err)
+	}
+	if _, err := s.Stat(t.Context(), key); err == nil {
+		t.Errorf("Stat(%q) on %s succeeded, want an error matching storage.ErrNotExist", key, s)
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("Stat(%q) on %s: %v, want an error matching storage.ErrNotExist", key, s, err)
+	}
+}
+
+func list(t *testing.T, s storage.Storage, prefix string) []storage.ObjectInfo {
+	t.Helper()
+	var got []storage.ObjectInfo
+	err := s.List(t.Context(), prefix, func(oi storage.ObjectInfo) error {
+		got = append(got, oi)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("List(%q) on %s: %v", prefix, s, err)
+	}
+	return got
+}
+
+// checkList lists prefix and compares keys, order and sizes with objects
+// (all objects in the storage, key → content).
+func checkList(t *testing.T, s storage.Storage, prefix string, objects map[string][]byte) {
+	t.Helper()
+	var want []string
+	for k := range objects {
+		if strings.HasPrefix(k, prefix) {
+			want = append(want, k)
+		}
+	}
+	slices.Sort(want)
+	got := list(t, s, prefix)
+	keys := make([]string, len(got))
+	for i, oi := range got {
+		keys[i] = oi.Key
+	}
+	if !slices.Equal(keys, want) {
+		t.Errorf("List(%q) on %s returned %d keys, want %d in lexical order\n got: %s\nwant: %s",
+			prefix, s, len(keys), len(want), abbrev(keys), abbrev(want))
+		return
+	}
+	for _, oi := range got {
+		if n := int64(len(objects[oi.Key])); oi.Size != n {
+			t.Errorf("List(%q): %q has Size %d, want %d", prefix, oi.Key, oi.Size, n)
+		}
+	}
+}
+
+func abbrev(keys []string) string {
+	if len(keys) > 12 {
+		return fmt.Sprintf("%q … %q", keys[:6], keys[len(keys)-6:])
+	}
+	return fmt.Sprintf("%q", keys)
+}
+
+func testPutGet(t *testing.T, s storage.Storage) {
+	data := randomBytes(1, 70_000)
+	meta := metaFor(data)
+	put(t, s, "wal/000000010000000000000001.zst", data, meta)
+	checkObject(t, s, "wal/000000010000000000000001.zst", data, meta)
+
+	// No metadata at all is allowed and comes back empty.
+	put(t, s, "wal/000000010000000000000002.zst", data[:100], nil)
+	checkObject(t, s, "wal/000000010000000000000002.zst", data[:100], nil)
+
+	// Two Gets of one object may be open at once.
+	r1, _, err := s.Get(t.Context(), "wal/000000010000000000000001.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	r2, _, err := s.Get(t.Context(), "wal/000000010000000000000001.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	b1, err1 := io.ReadAll(r1)
+	b2, err2 := io.ReadAll(r2)
+	if err1 != nil || err2 != nil || !bytes.Equal(b1, data) || !bytes.Equal(b2, data) {
+		t.Errorf("two concurrent Gets of one object: errors %v, %v; content equal %v, %v",
+			err1, err2, bytes.Equal(b1, data), bytes.Equal(b2, data))
+	}
+}
+
+func testPutExisting(t *testing.T, s storage.Storage) {
+	const key = "wal/000000010000000000000003"
+	first := randomBytes(2, 4096)
+	put(t, s, key, first, metaFor(first))
+
+	for _, second := range [][]byte{randomBytes(3, 8192), first, nil} {
+		err := s.Put(t.Context(), key, bytes.NewReader(second), int64(len(second)), metaFor(second))
+		if !errors.Is(err, storage.ErrExist) {
+			t.Errorf("second Put(%q) of %d bytes: %v, want an error matching storage.ErrExist", key, len(second), err)
+		}
+	}
+	checkObject(t, s, key, first, metaFor(first))
+}
+
+func testNotExist(t *testing.T, s storage.Storage) {
+	checkNotExist(t, s, "wal/000000010000000000000009")
+	checkNotExist(t, s, "basebackups/never/meta.json")
+
+	put(t, s, "basebackups/b1/meta.json", []byte("{}"), nil)
+	checkNotExist(t, s, "basebackups/b1/other.json")
+	// The "directory" above an object is not an object.
+	checkNotExist(t, s, "basebackups/b1")
+	checkNotExist(t, s, "basebackups")
+	// Nor is a key that only shares a prefix.
+	checkNotExist(t, s, "basebackups/b1/meta")
+}
+
+func testZeroByte(t *testing.T, s storage.Storage) {
+	const key = "wal/00000002.history"
+	meta := metaFor(nil)
+	put(t, s, key, nil, meta)
+	checkObject(t, s, key, nil, meta)
+	checkList(t, s, "wal/", map[string][]byte{key: nil})
+
+	// An empty object exists like any other.
+	data := []byte("not empty")
+	if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), nil); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("Put over a zero-byte object: %v, want an error matching storage.ErrExist", err)
+	}
+	checkObject(t, s, key, nil, meta)
+}
+
+func testLargeBody(t *testing.T, s storage.Storage) {
+	const key = "basebackups/base_000000010000000000000004/base.tar.zst"
+	// Past 8 MiB: larger than common single-request and multipart-part
+	// thresholds, and not a multiple of any buffer size.
+	data := randomBytes(4, 9<<20+4099)
+	meta := metaFor(data)
+	put(t, s, key, data, meta)
+	checkObject(t, s, key, data, meta)
+	checkList(t, s, "basebackups/", map[string][]byte{key: data})
+}
+
+func testKeyCharacters(t *testing.T, s storage.Storage) {
+	objects := map[string][]byte{}
+	for i, key := range []string{
+		"wal/000000010000000000000005.partial",
+		"wal/000000010000000000000005.00000028.backup.zst",
+		"wal/0000000A.history.zst",
+		"basebackups/base_00000001-2024-05-01T03.00.00Z/backup-label.json",
+		"basebackups/base_00000001-2024-05-01T03.00.00Z/data/pg_tblspc-16385.tar.s2",
+		"a-b.c_d",
+		"x/y.z-1/-/_.-",
+		"walship.archive.json",
+	} {
+		data := []byte(fmt.Sprintf("object %d: %s", i, key))
+		objects[key] = data
+		put(t, s, key, data, metaFor(data))
+	}
+	for key, data := range objects {
+		checkObject(t, s, key, data, metaFor(data))
+	}
+	checkList(t, s, "", objects)
+	checkList(t, s, "wal/000000010000000000000005.", objects)
+	for key := range objects {
+		if err := s.Delete(t.Context(), key); err != nil {
+			t.Errorf("Delete(%q): %v", key, err)
+		}
+		checkNotExist(t, s, key)
+	}
+	checkList(t, s, "", nil)
+}
+
+func testListNested(t *testing.T, s storage.Storage) {
+	// Chosen so that lexical key order differs from a naive directory
+	// walk: '-' < '.' < '/' < '0'.
+	keys := []string{
+		"basebackups/x/meta.json",
+		"basebackups/x/data/base.tar.zst",
+		"basebackups/x/data/pg_wal.tar.zst",
+		"basebackups/x/data0",
+		"basebackups/x-y/meta.json",
+		"basebackups/x.sentinel",
+		"basebackups/x0/meta.json",
+		"basebackups/y/meta.json",
+		"basebackups/xa",
+		"wal/000000010000000000000001",
+		"wal/000000010000000000000002",
+		"wal/00000002.history",
+		"wal.json",
+		"walship.json",
+	}
+	objects := map[string][]byte{}
+	for i, key := range keys {
+		data := bytes.Repeat([]byte{byte('a' + i)}, i*3)
+		objects[key] = data
+		put(t, s, key, data, nil)
+	}
+	for _, prefix := range []string{
+		"",
+		"b",
+		"basebackups/",
+		"basebackups/x",
+		"basebackups/x/",
+		"basebackups/x/data",
+		"basebackups/x/data/",
+		"basebackups/x/data/base",
+		"basebackups/z",
+		"wal",
+		"wal/",
+		"wal/0000000100",
+		"wal/000000010000000000000002",
+		"nothing/",
+		"walship.json",
+		"walship.json/",
+	} {
+		checkList(t, s, prefix, objects)
+	}
+	// List fills in what a listing knows, never metadata.
+	for _, oi := range list(t, s, "basebackups/x/") {
+		if len(oi.Metadata) != 0 {
+			t.Errorf("List: %q has Metadata %v; List must leave it nil", oi.Key, oi.Metadata)
+		}
+	}
+}
+
+// manyKeys is past S3's page size of 1000 keys.
+const manyKeys = 1500
+
+func testListMany(t *testing.T, s storage.Storage) {
+	objects := map[string][]byte{}
+	var keys []string
+	for i := range manyKeys {
+		// WAL segment names of timeline 1 with 16 MiB segments.
+		key := fmt.Sprintf("wal/%08X%08X%08X", 1, i/256, i%256)
+		keys = append(keys, key)
+		objects[key] = bytes.Repeat([]byte{'w'}, i%7)
+	}
+	for _, key := range []string{"wal.json", "walship.json", "basebackups/b/meta.json"} {
+		keys = append(keys, key)
+		objects[key] = []byte(key)
+	}
+	// Store in a shuffled order with a few workers, so the listing cannot
+	// lean on insertion order and the suite stays quick on a real server.
+	rand.New(rand.NewPCG(5, 5)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	work := make(chan string)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for range 16 {
+		wg.Go(func() {
+			for key := range work {
+				data := objects[key]
+				if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), nil); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("Put(%q): %w", key, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, key := range keys {
+		work <- key
+	}
+	close(work)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+
+	checkList(t, s, "wal/", objects)
+	checkList(t, s, "", objects)
+	checkList(t, s, "wal/0000000100000000000000", objects) // 256 keys
+	checkList(t, s, "wal/00000001000000000000000", objects)
+	checkList(t, s, "wal/000000010000000500000000", objects)
+}
+
+func testListStop(t *testing.T, s storage.Storage) {
+	for i := range 20 {
+		put(t, s, fmt.Sprintf("wal/%024X", i), []byte{byte(i)}, nil)
+	}
+	stop := errors.New("enough")
+	var seen []string
+	err := s.List(t.Context(), "wal/", func(oi storage.ObjectInfo) error {
+		seen = append(seen, oi.Key)
+		if len(seen) == 5 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) {
+		t.Errorf("List whose callback returned an error: %v, want that error", err)
+	}
+	if len(seen) != 5 {
+		t.Errorf("List called its callback %d times after it returned an error at call 5", len(seen))
+	}
+}
+
+func testDelete(t *testing.T, s storage.Storage) {
+	const key = "basebackups/b2/data/base.tar"
+	const sibling = "basebackups/b2/meta.json"
+	put(t, s, key, []byte("base"), nil)
+	put(t, s, sibling, []byte("meta"), nil)
+
+	if err := s.Delete(t.Context(), key); err != nil {
+		t.Fatalf("Delete(%q): %v", key, err)
+	}
+	checkNotExist(t, s, key)
+	checkList(t, s, "", map[string][]byte{sibling: []byte("meta")})
+	checkObject(t, s, sibling, []byte("meta"), nil)
+
+	if err := s.Delete(t.Context(), key); err != nil {
+		t.Errorf("second Delete(%q): %v, want nil", key, err)
+	}
+	if err := s.Delete(t.Context(), "wal/never-stored"); err != nil {
+		t.Errorf("Delete of a key never stored: %v, want nil", err)
+	}
+
+	// A deleted key can be stored again.
+	put(t, s, key, []byte("again"), metaFor([]byte("again")))
+	checkObject(t, s, key, []byte("again"), metaFor([]byte("again")))
+
+	if err := s.Delete(t.Context(), key); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(t.Context(), sibling); err != nil {
+		t.Fatal(err)
+	}
+	checkList(t, s, "", nil)
+	put(t, s, key, []byte("third"), nil)
+	checkObject(t, s, key, []byte("third"), nil)
+}
+
+func testConcurrentPut(t *testing.T, s storage.Storage) {
+	const writers = 8
+	for round := range 3 {
+		key := fmt.Sprintf("wal/0000000100000000000000%02X", round)
+		bodies := make([][]byte, writers)
+		for i := range bodies {
+			// Different sizes, so a mix of two bodies cannot pass for one.
+			bodies[i] = randomBytes(uint64(100*round+i), 64<<10+i*1000)
+		}
+		start := make(chan struct{})
+		errs := make([]error, writers)
+		var wg sync.WaitGroup
+		for i := range writers {
+			wg.Go(func() {
+				<-start
+				errs[i] = s.Put(t.Context(), key, bytes.NewReader(bodies[i]), int64(len(bodies[i])), metaFor(bodies[i]))
+			})
+		}
+		close(start)
+		wg.Wait()
+
+		winner := -1
+		var conflicts []int
+		for i, err := range errs {
+			switch {
+			case err == nil && winner < 0:
+				winner = i
+			case err == nil:
+				t.Errorf("round %d: Puts %d and %d of %q both succeeded; exactly one may", round, winner, i, key)
+			case errors.Is(err, storage.ErrExist):
+			case !storage.IsPermanent(err):
+				// S3 may answer a write racing another one with 409
+				// ConditionalRequestConflict, to be retried.
+				conflicts = append(conflicts, i)
+			default:
+				t.Errorf("round %d: losing Put %d of %q: %v, want an error matching storage.ErrExist", round, i, key, err)
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: none of %d concurrent Puts of %q succeeded: %v", round, writers, key, errors.Join(errs...))
+		}
+		// A loser told to retry must learn on retry that the key exists.
+		for _, i := range conflicts {
+			err := s.Put(t.Context(), key, bytes.NewReader(bodies[i]), int64(len(bodies[i])), metaFor(bodies[i]))
+			if !errors.Is(err, storage.ErrExist) {
+				t.Errorf("round %d: Put %d of %q failed with a retryable error (%v), and its retry: %v, want an error matching storage.ErrExist",
+					round, i, key, errs[i], err)
+			}
+		}
+		checkObject(t, s, key, bodies[winner], metaFor(bodies[winner]))
+	}
+}
+
+// cancellingReader cancels a context once it has handed out some bytes,
+// like an operator's Ctrl-C or a deadline arriving mid-upload.
+type cancellingReader struct {
+	r      *bytes.Reader
+	after  int64
+	cancel context.CancelFunc
+	read   int64
+}
+
+func (c *cancellingReader) Read(p []byte) (int, error) {
+	if c.read >= c.after {
+		c.cancel()
+	}
+	if int64(len(p)) > 32<<10 {
+		p = p[:32<<10]
+	}
+	n, err := c.r.Read(p)
+	c.read += int64(n)
+	return n, err
+}
+
+func (c *cancellingReader) Seek(off int64, whence int) (int64, error) {
+	n, err := c.r.Seek(off, whence)
+	c.read = n
+	return n, err
+}
+
+func testCancelledPut(t *testing.T, s storage.Storage) {
+	data := randomBytes(6, 4<<20)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	const before = "wal/000000010000000000000010"
+	if err := s.Put(ctx, before, bytes.NewReader(data), int64(len(data)), nil); err == nil {
+		t.Errorf("Put(%q) with a cancelled context succeeded, want an error", before)
+	}
+	checkNotExist(t, s, before)
+
+	ctx, cancel = context.WithCancel(t.Context())
+	defer cancel()
+	const during = "wal/000000010000000000000011"
+	body := &cancellingReader{r: bytes.NewReader(data), after: 256 << 10, cancel: cancel}
+	if err := s.Put(ctx, during, body, int64(len(data)), nil); err == nil {
+		t.Errorf("Put(%q) whose context was cancelled mid-body succeeded, want an error", during)
+	}
+	checkNotExist(t, s, during)
+	checkList(t, s, "", nil)
+
+	// The key stays usable.
+	put(t, s, during, data[:1000], nil)
+	checkObject(t, s, during, data[:1000], nil)
+}
+
+func testShortBody(t *testing.T, s storage.Storage) {
+	const key = "wal/000000010000000000000012"
+	data := randomBytes(7, 10_000)
+	// A body that ends early (a file truncated under us) must not be
+	// stored as a shorter object.
+	if err := s.Put(t.Context(), key, bytes.NewReader(data[:6000]), int64(len(data)), nil); err == nil {
+		t.Errorf("Put(%q) of size %d with a body of 6000 bytes succeeded, want an error", key, len(data))
+	}
+	checkNotExist(t, s, key)
+	checkList(t, s, "", nil)
+}

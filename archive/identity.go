@@ -84,6 +84,29 @@ func ReadIdentity(ctx context.Context, s storage.Storage) (Identity, error) {
 	return id, nil
 }
 
+// ErrNoIdentity reports an archive without an identity record: nothing
+// was ever pushed to it, or the repository URL points at the wrong place.
+var ErrNoIdentity = errors.New("archive has no cluster identity")
+
+// LoadIdentity returns the archive's identity, from the local cache under
+// cacheDir when it holds one for repo, else from the archive (and then
+// caches it). An archive without one gives an error matching ErrNoIdentity.
+func LoadIdentity(ctx context.Context, s storage.Storage, repo, cacheDir string) (Identity, error) {
+	cache := newIdentityCache(cacheDir, repo)
+	if id, ok := cache.load(); ok {
+		return id, nil
+	}
+	id, err := ReadIdentity(ctx, s)
+	if errors.Is(err, storage.ErrNotExist) {
+		return Identity{}, fmt.Errorf("%w: %s has no %s — nothing was archived there yet, or the repository setting points at the wrong place", ErrNoIdentity, s, IdentityKey)
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("read the archive's cluster identity: %w", err)
+	}
+	cache.store(id)
+	return id, nil
+}
+
 // writeIdentity records id unless the archive already has an identity, in
 // which case the stored one is returned.
 func writeIdentity(ctx context.Context, s storage.Storage, id Identity) (Identity, error) {

@@ -7,11 +7,11 @@
 package codec
 
 import (
-	"compress/gzip"
 	"fmt"
 	"io"
 	"strings"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )

@@ -30,10 +30,12 @@ var (
 
 // FetchOptions configures Fetch.
 type FetchOptions struct {
-	Codec   codec.Codec // tried first; other codecs are found by listing
-	DataDir string      // the cluster's data directory: its pg_control is checked
-	Retry   storage.RetryOptions
-	Logger  *slog.Logger
+	Codec    codec.Codec // tried first; other codecs are found by listing
+	DataDir  string      // the cluster's data directory: its pg_control is checked
+	Repo     string      // the repository URL, for the identity cache
+	CacheDir string      // where the archive identity is cached; "" disables the cache
+	Retry    storage.RetryOptions
+	Logger   *slog.Logger
 }
 
 // FetchResult describes a completed fetch.
@@ -73,14 +75,36 @@ func Fetch(ctx context.Context, s storage.Storage, name, dest string, o FetchOpt
 		res = r
 		return err
 	})
-	if err != nil {
-		if errors.Is(err, storage.ErrNotExist) {
-			return FetchResult{}, fmt.Errorf("%s: %w", name, ErrNotFound)
+	if errors.Is(err, storage.ErrNotExist) {
+		// "Not found" may end recovery: say it only of an archive that
+		// is this cluster's, not of an empty or mistyped location.
+		if err := checkArchive(ctx, s, o); err != nil {
+			return FetchResult{}, err
 		}
+		return FetchResult{}, fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	if err != nil {
 		return FetchResult{}, err
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// checkArchive makes sure the archive belongs to the cluster being
+// recovered before a missing file is reported as absent.
+func checkArchive(ctx context.Context, s storage.Storage, o FetchOptions) error {
+	id, err := archive.LoadIdentity(ctx, s, o.Repo, o.CacheDir)
+	if err != nil {
+		return err
+	}
+	if o.DataDir == "" {
+		return nil
+	}
+	if sys, ok := archive.ControlSystemID(o.DataDir); ok && sys != id.SystemID {
+		return fmt.Errorf("%w: the archive %s holds WAL of database system %d, but this data directory is system %d: point the repository setting at this cluster's archive",
+			archive.ErrForeign, s, id.SystemID, sys)
+	}
+	return nil
 }
 
 // streamError marks a failure while reading an object's body.

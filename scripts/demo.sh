@@ -8,7 +8,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 pgbin=${WALSHIP_PG_BIN:-/usr/lib/postgresql/15/bin}
 demo=$repo/demo
-say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
+if [ -t 1 ]; then
+	say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
+else
+	say() { printf 'demo: %s\n' "$*"; }
+fi
 
 [ -x "$pgbin/postgres" ] || { echo "demo: no PostgreSQL in $pgbin: run make deps" >&2; exit 2; }
 [ -x "$repo/bin/walship" ] || { echo "demo: bin/walship missing: run make build" >&2; exit 2; }

@@ -138,6 +138,26 @@ func (a *app) logError(err error) {
 	a.log.Error(err.Error())
 }
 
+// logResources logs the process's peak memory at debug level, for
+// capacity planning (and the benchmark). VmHWM is read from /proc because
+// getrusage reports the parent's peak for processes started by vfork.
+func (a *app) logResources() {
+	if !a.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			a.log.Debug("resources", "peak_rss", kb<<10)
+		}
+	}
+}
+
 // applyConfig reads "key = value" lines from path and sets every global
 // flag that neither the command line nor the environment set.
 func applyConfig(c *cli.Context, path string) error {

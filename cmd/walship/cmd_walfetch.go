@@ -54,10 +54,12 @@ func (a *app) walFetch(c *cli.Context) error {
 	}
 	name, dest := argv[0], argv[1]
 	res, err := restore.Fetch(c.Context, s, name, dest, restore.FetchOptions{
-		Codec:   cd,
-		DataDir: dataDir(a.fetchDir),
-		Retry:   retryOptions(c, a.log),
-		Logger:  a.log,
+		Codec:    cd,
+		DataDir:  dataDir(a.fetchDir),
+		Repo:     c.String(flagRepo),
+		CacheDir: cacheDir(c),
+		Retry:    retryOptions(c, a.log),
+		Logger:   a.log,
 	})
 	switch {
 	case errors.Is(err, restore.ErrBadName):

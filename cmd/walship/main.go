@@ -57,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil && !errors.Is(err, errQuiet) {
 		a.logError(err)
 	}
+	a.logResources()
 	return code
 }
 

@@ -11,19 +11,19 @@ package bench
 import (
 	"bytes"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
 
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/internal/s3test"
+	"github.com/walship/walship/internal/waltest"
+	"github.com/walship/walship/wal"
 )
 
 const maxSegments = 12
@@ -61,6 +61,11 @@ func TestBenchTable(t *testing.T) {
 			return exec.Command("cp", seg, filepath.Join(t.TempDir(), filepath.Base(seg)))
 		})
 		rows = append(rows, row{what: "cp (baseline)", data: set.name, backend: "local", codec: "-", per: cpPush.per, mbps: mbps(set.segs, cpPush.per), ratio: 1, stored: 1})
+		syncDir := t.TempDir()
+		cpSync := timeEach(t, set.segs, func(seg string) *exec.Cmd {
+			return exec.Command("dd", "if="+seg, "of="+filepath.Join(syncDir, filepath.Base(seg)), "bs=1M", "conv=fsync", "status=none")
+		})
+		rows = append(rows, row{what: "cp + fsync (baseline)", data: set.name, backend: "local", codec: "-", per: cpSync.per, mbps: mbps(set.segs, cpSync.per), ratio: ratio(cpSync.per, cpPush.per), stored: 1})
 		zstdOut := t.TempDir()
 		zstdPush := timeEach(t, set.segs, func(seg string) *exec.Cmd {
 			return exec.Command("zstd", "-q", "-3", "-f", seg, "-o", filepath.Join(zstdOut, filepath.Base(seg)+".zst"))
@@ -70,7 +75,7 @@ func TestBenchTable(t *testing.T) {
 
 		for _, a := range archives {
 			for _, codec := range []string{"zstd", "s2", "gzip", "none"} {
-				env := append(a.env(t), "WALSHIP_COMPRESS="+codec, "WALSHIP_CACHE_DIR="+t.TempDir())
+				env := append(a.env(t), "WALSHIP_COMPRESS="+codec, "WALSHIP_CACHE_DIR="+t.TempDir(), "WALSHIP_LOG_LEVEL=debug")
 				work := t.TempDir()
 				push := timeEach(t, set.segs, func(seg string) *exec.Cmd {
 					c := exec.Command(bin, "wal-push", seg)
@@ -146,12 +151,8 @@ func timeEach(t *testing.T, segs []string, command func(seg string) *exec.Cmd, c
 			t.Fatalf("%s: %v\n%s", strings.Join(c.Args, " "), err, stderr.String())
 		}
 		total += time.Since(start)
-		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok && ru.Maxrss*1024 > tm.rss {
-			tm.rss = ru.Maxrss * 1024
-		}
-		if s, st, ok := parseSizes(stderr.String()); ok {
-			in, out = in+s, out+st
-		}
+		s, st, rss := parseLog(stderr.String())
+		in, out, tm.rss = in+s, out+st, max(tm.rss, rss)
 		for _, f := range check {
 			f(seg)
 		}
@@ -163,18 +164,16 @@ func timeEach(t *testing.T, segs []string, command func(seg string) *exec.Cmd, c
 	return tm
 }
 
-// parseSizes reads size= and stored= from a walship log line.
-func parseSizes(log string) (size, stored int64, ok bool) {
-	var s, st int64
+// parseLog reads size=, stored= and peak_rss= from walship's log lines.
+func parseLog(log string) (size, stored, rss int64) {
 	for _, f := range strings.Fields(log) {
-		if v, found := strings.CutPrefix(f, "size="); found {
-			fmt.Sscan(v, &s)
-		}
-		if v, found := strings.CutPrefix(f, "stored="); found {
-			fmt.Sscan(v, &st)
+		for key, v := range map[string]*int64{"size=": &size, "stored=": &stored, "peak_rss=": &rss} {
+			if s, found := strings.CutPrefix(f, key); found {
+				fmt.Sscan(s, v)
+			}
 		}
 	}
-	return s, st, s > 0
+	return size, stored, rss
 }
 
 func mbps(segs []string, per time.Duration) float64 {
@@ -242,17 +241,13 @@ func pgbenchWAL(t *testing.T) []string {
 	return matches
 }
 
-// randomWAL makes n incompressible segments with valid headers, copying
-// the header page of a real segment so wal-push accepts them.
+// randomWAL makes n incompressible segments with valid headers.
 func randomWAL(t *testing.T, n int) []string {
 	dir := t.TempDir()
 	var out []string
 	for i := 0; i < n; i++ {
-		data := make([]byte, 16<<20)
-		rand.NewChaCha8([32]byte{byte(i)}).Read(data)
-		hdr := walHeader(0xD110, 1, uint64(i+1)*16<<20, 7300000000000000099, 16<<20)
-		copy(data, hdr)
-		path := filepath.Join(dir, fmt.Sprintf("%08X%08X%08X", 1, 0, i+1))
+		name, data := waltest.Segment(7300000000000000099, 1, wal.SegNo(i+1), 16<<20, waltest.Incompressible(uint64(i)))
+		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}

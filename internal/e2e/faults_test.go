@@ -147,15 +147,18 @@ func TestPushFetch(t *testing.T) {
 func TestConfigErrorsDuringRecovery(t *testing.T) {
 	name := wal.SegmentFileName(1, 1, segSize16)
 	for _, tc := range []struct {
-		what string
-		env  []string
-		args []string
+		what      string
+		env       []string
+		args      []string
+		pushFails bool // wal-push exits 2 as well
 	}{
-		{"no repo", nil, nil},
-		{"unreadable config", []string{"WALSHIP_CONFIG=/nonexistent/walship.conf"}, nil},
-		{"unknown scheme", []string{"WALSHIP_REPO=ftp://x/y"}, nil},
-		{"relative path", []string{"WALSHIP_REPO=file://archive"}, nil},
-		{"unknown flag", []string{"WALSHIP_REPO=file:///tmp"}, []string{"--no-such-flag"}},
+		{"no repo", nil, nil, true},
+		{"unreadable config", []string{"WALSHIP_CONFIG=/nonexistent/walship.conf"}, nil, true},
+		{"unknown scheme", []string{"WALSHIP_REPO=ftp://x/y"}, nil, true},
+		{"relative path", []string{"WALSHIP_REPO=file://archive"}, nil, true},
+		{"unknown flag", []string{"WALSHIP_REPO=file:///tmp"}, []string{"--no-such-flag"}, true},
+		// A push into an empty archive is how an archive starts.
+		{"empty archive (wrong path)", []string{"WALSHIP_REPO=file://" + t.TempDir()}, nil, false},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			r := walship(t, dataDir(t, false), tc.env, append(tc.args, "wal-fetch", name, "pg_wal/RECOVERYXLOG")...)
@@ -165,6 +168,9 @@ func TestConfigErrorsDuringRecovery(t *testing.T) {
 			r = walship(t, dataDir(t, true), tc.env, append(tc.args, "wal-fetch", name, "pg_wal/RECOVERYXLOG")...)
 			if r.code != 1 {
 				t.Fatalf("on a standby: exit %d, want 1:\n%s", r.code, r.stderr)
+			}
+			if !tc.pushFails {
+				return
 			}
 			r = walship(t, dataDir(t, false), tc.env, append(tc.args, "wal-push", "pg_wal/"+name)...)
 			if r.code != 2 {

@@ -5,10 +5,8 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walship/walship/internal/waltest"
 	"github.com/walship/walship/wal"
 )
 
@@ -117,53 +116,21 @@ func (r result) mustFail(t *testing.T, what string, code int, contains string) {
 	}
 }
 
-// segment is a synthetic WAL segment: a valid long page header at the
-// start (what walship checks) and deterministic content after it.
+// segment is a synthetic WAL segment.
 type segment struct {
 	name string
 	data []byte
 }
 
-// pg15Magic is XLOG_PAGE_MAGIC of PostgreSQL 15.
-const pg15Magic = 0xD110
-
 func makeSegment(sysID uint64, tli wal.TimeLineID, seg wal.SegNo, segSize int64, fill func([]byte)) segment {
-	data := make([]byte, segSize)
-	fill(data)
-	h := data[:wal.LongPageHeaderSize]
-	clear(h)
-	binary.LittleEndian.PutUint16(h[0:], pg15Magic)
-	binary.LittleEndian.PutUint16(h[2:], wal.XLPLongHeader)
-	binary.LittleEndian.PutUint32(h[4:], uint32(tli))
-	binary.LittleEndian.PutUint64(h[8:], uint64(wal.SegmentStartLSN(seg, segSize)))
-	binary.LittleEndian.PutUint64(h[24:], sysID)
-	binary.LittleEndian.PutUint32(h[32:], uint32(segSize))
-	binary.LittleEndian.PutUint32(h[36:], 8192)
-	return segment{name: wal.SegmentFileName(tli, seg, segSize), data: data}
+	name, data := waltest.Segment(sysID, tli, seg, segSize, fill)
+	return segment{name: name, data: data}
 }
 
-// compressible fills like WAL of a busy table: repeated records with a
-// little variation.
-func compressible(seed uint64) func([]byte) {
-	return func(b []byte) {
-		r := rand.New(rand.NewPCG(seed, 1))
-		rec := []byte("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ")
-		for i := 0; i < len(b); {
-			i += copy(b[i:], rec)
-			if i < len(b) {
-				b[i] = byte(r.IntN(256))
-				i++
-			}
-		}
-	}
-}
-
-// incompressible fills with random bytes.
-func incompressible(seed uint64) func([]byte) {
-	return func(b []byte) {
-		rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)}).Read(b)
-	}
-}
+var (
+	compressible   = waltest.Compressible
+	incompressible = waltest.Incompressible
+)
 
 // writeSegment writes seg into dir/pg_wal and returns its path.
 func writeSegment(t *testing.T, dir string, seg segment) string {

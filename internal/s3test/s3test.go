@@ -172,7 +172,10 @@ func (s *Server) Restart(t testing.TB) {
 // the kernel but nothing answers, which is how a hung server looks.
 func (s *Server) Pause(t testing.TB) {
 	t.Helper()
-	s.signal(t, syscall.SIGSTOP)
+	pid := s.signal(t, syscall.SIGSTOP)
+	if err := waitStopped(pid); err != nil {
+		t.Fatalf("s3test: pause: %v", err)
+	}
 }
 
 // Resume lets a paused server run again.
@@ -181,7 +184,8 @@ func (s *Server) Resume(t testing.TB) {
 	s.signal(t, syscall.SIGCONT)
 }
 
-func (s *Server) signal(t testing.TB, sig syscall.Signal) {
+// signal sends sig to the running server and returns its PID.
+func (s *Server) signal(t testing.TB, sig syscall.Signal) int {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -191,6 +195,7 @@ func (s *Server) signal(t testing.TB, sig syscall.Signal) {
 	if err := s.proc.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("s3test: %v: %v", sig, err)
 	}
+	return s.proc.cmd.Process.Pid
 }
 
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }

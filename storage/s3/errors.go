@@ -37,7 +37,8 @@ func apiCode(err error) string {
 	return ""
 }
 
-// isNotFound reports a 404 about the object rather than the bucket.
+// isNotFound reports a 404 not known to be about the bucket: NoSuchKey, or
+// the bodiless 404 of a HEAD, which notFound then tells apart.
 func isNotFound(err error) bool {
 	code := apiCode(err)
 	return code == "NoSuchKey" || httpStatus(err) == http.StatusNotFound && code != "NoSuchBucket"

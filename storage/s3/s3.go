@@ -18,6 +18,7 @@ package s3
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -56,8 +57,9 @@ type Options struct {
 	PathStyle bool   // address buckets as endpoint/bucket, not bucket.endpoint
 	CAFile    string // PEM certificates to trust besides the system's
 	// StallTimeout fails a call that waits this long for an answer, or
-	// moves no data for this long during an upload or download. Zero
-	// means DefaultStallTimeout.
+	// moves no data for this long during an upload or download (a Get
+	// body that is not read for this long fails too). Zero means
+	// DefaultStallTimeout.
 	StallTimeout time.Duration
 }
 
@@ -123,6 +125,9 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 			tr.TLSHandshakeTimeout = tlsHandshakeTimeout
 			tr.ResponseHeaderTimeout = stall
 			if roots != nil {
+				if tr.TLSClientConfig == nil {
+					tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+				}
 				tr.TLSClientConfig.RootCAs = roots
 			}
 		})
@@ -277,6 +282,10 @@ func (s *Storage) Get(ctx context.Context, key string) (io.ReadCloser, storage.O
 	})
 	if err != nil {
 		w.stop()
+		if apiCode(err) == "NoSuchKey" {
+			// Only an object answers NoSuchKey: the bucket is there.
+			return nil, storage.ObjectInfo{}, fmt.Errorf("s3 get %s: %w", s.url(key), storage.ErrNotExist)
+		}
 		if isNotFound(err) {
 			return nil, storage.ObjectInfo{}, s.notFound(ctx, "get", key)
 		}
@@ -368,7 +377,7 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 		Bucket: aws.String(s.bucket),
 		Key:    aws.String(s.objectKey(key)),
 	})
-	if err != nil && !(apiCode(err) == "NoSuchKey") {
+	if err != nil && apiCode(err) != "NoSuchKey" {
 		return s.fail(ctx, "delete", key, w, err)
 	}
 	return nil

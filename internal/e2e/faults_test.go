@@ -288,3 +288,44 @@ func TestDestinationErrors(t *testing.T) {
 	}
 	walship(t, dir, b.env, "wal-fetch", seg.name, filepath.Join(mnt, "RECOVERYXLOG")).mustFail(t, "read-only file system", 255, "read-only")
 }
+
+// TestConcurrentIdenticalPush: standbys with archive_mode = always push
+// the same segments into one archive at the same moment, the first of
+// them into an archive that has no identity yet: every push succeeds and
+// the archive holds the segment once, intact.
+func TestConcurrentIdenticalPush(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs MinIO")
+	}
+	for _, newBackend := range backends() {
+		b := newBackend(t)
+		t.Run(b.name, func(t *testing.T) {
+			seg := makeSegment(7300000000000000005, 1, 1, segSize16, compressible(5))
+			const pushers = 6
+			cmds := make([]*exec.Cmd, pushers)
+			outs := make([]*bytes.Buffer, pushers)
+			for i := range cmds {
+				dir := dataDir(t, false)
+				cmds[i] = exec.Command(walshipBin, append(b.args, "wal-push", writeSegment(t, dir, seg))...)
+				cmds[i].Dir, cmds[i].Env = dir, append(baseEnv(), b.env...)
+				outs[i] = new(bytes.Buffer)
+				cmds[i].Stderr = outs[i]
+			}
+			for _, c := range cmds {
+				if err := c.Start(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, c := range cmds {
+				if err := c.Wait(); err != nil {
+					t.Fatalf("pusher %d: %v\n%s", i, err, outs[i])
+				}
+			}
+			dir := dataDir(t, false)
+			walship(t, dir, b.env, append(b.args, "wal-fetch", seg.name, "pg_wal/RECOVERYXLOG")...).mustSucceed(t, "wal-fetch")
+			if !bytes.Equal(readFile(t, filepath.Join(dir, "pg_wal", "RECOVERYXLOG")), seg.data) {
+				t.Fatal("segment reads back different")
+			}
+		})
+	}
+}

@@ -77,22 +77,36 @@ type compressed struct {
 	close  func()
 }
 
-// compress reads all of r through c, computing the digest of the input.
-func compress(r io.Reader, c codec.Codec, sizeHint int64) (*compressed, error) {
+// prepare makes the upload body for the first size bytes of f with codec
+// c, computing the digest of the content. Uncompressed content is uploaded
+// straight from f; compressed content is built in memory, or in an
+// anonymous temporary file when it could be large (segments go up to 1 GB).
+func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
+	h := sha256.New()
+	if c.Ext() == "" {
+		n, err := io.Copy(h, io.NewSectionReader(f, 0, size))
+		if err != nil {
+			return nil, err
+		}
+		d := Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
+		return &compressed{body: io.NewSectionReader(f, 0, n), size: n, digest: d, close: func() {}}, nil
+	}
 	var (
 		sink  io.Writer
 		buf   *bytes.Buffer
 		spill *os.File
 	)
-	if sizeHint > spillThreshold {
-		f, err := os.CreateTemp("", "walship-push-*")
+	if size > spillThreshold {
+		tmp, err := os.CreateTemp("", "walship-push-*")
 		if err != nil {
-			return nil, fmt.Errorf("create temporary file for a %d-byte upload: %w (set TMPDIR to a writable directory)", sizeHint, err)
+			return nil, fmt.Errorf("create temporary file for a %d-byte upload: %w (set TMPDIR to a writable directory)", size, err)
 		}
-		os.Remove(f.Name()) // anonymous: nothing is left behind on a crash
-		spill, sink = f, f
+		os.Remove(tmp.Name()) // anonymous: nothing is left behind on a crash
+		spill, sink = tmp, tmp
 	} else {
-		buf = bytes.NewBuffer(make([]byte, 0, sizeHint/4+4096))
+		// Room for incompressible content plus framing, so the buffer
+		// never grows (and never copies) while compressing.
+		buf = bytes.NewBuffer(make([]byte, 0, size+size/64+64<<10))
 		sink = buf
 	}
 	fail := func(err error) (*compressed, error) {
@@ -101,12 +115,11 @@ func compress(r io.Reader, c codec.Codec, sizeHint int64) (*compressed, error) {
 		}
 		return nil, err
 	}
-	h := sha256.New()
 	zw, err := c.NewWriter(sink)
 	if err != nil {
 		return fail(err)
 	}
-	n, err := io.Copy(zw, io.TeeReader(r, h))
+	n, err := io.Copy(zw, io.TeeReader(io.NewSectionReader(f, 0, size), h))
 	if err != nil {
 		return fail(err)
 	}
@@ -115,14 +128,14 @@ func compress(r io.Reader, c codec.Codec, sizeHint int64) (*compressed, error) {
 	}
 	out := &compressed{digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: func() {}}
 	if spill != nil {
-		size, err := spill.Seek(0, io.SeekCurrent)
+		stored, err := spill.Seek(0, io.SeekCurrent)
 		if err != nil {
 			return fail(err)
 		}
 		if _, err := spill.Seek(0, io.SeekStart); err != nil {
 			return fail(err)
 		}
-		out.body, out.size, out.close = spill, size, func() { spill.Close() }
+		out.body, out.size, out.close = spill, stored, func() { spill.Close() }
 	} else {
 		out.body, out.size = bytes.NewReader(buf.Bytes()), int64(buf.Len())
 	}

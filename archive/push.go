@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -74,10 +73,7 @@ func Push(ctx context.Context, s storage.Storage, path string, o PushOptions) (P
 	if err := checkIdentity(ctx, s, f, st.Size(), fn, o); err != nil {
 		return PushResult{}, err
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return PushResult{}, err
-	}
-	obj, err := compress(io.LimitReader(f, st.Size()), o.Codec, st.Size())
+	obj, err := prepare(f, st.Size(), o.Codec)
 	if err != nil {
 		return PushResult{}, fmt.Errorf("read %s: %w", path, err)
 	}

@@ -53,13 +53,17 @@ func (o RetryOptions) withDefaults() RetryOptions {
 	return o
 }
 
-// backoff is the wait after the given failed attempt (1-based).
+// backoff is the wait after the given failed attempt (1-based): half of
+// the exponential step for certain, the other half random. Full jitter
+// can make all attempts land within a second, too short to ride out a
+// server that is briefly busy (such as an object lock held by a client
+// that just died).
 func (o RetryOptions) backoff(attempt int) time.Duration {
 	ceiling := o.MaxBackoff
 	if attempt-1 < 30 {
 		ceiling = min(o.MaxBackoff, o.MinBackoff<<(attempt-1))
 	}
-	return rand.N(ceiling + 1)
+	return ceiling/2 + rand.N(ceiling/2+1)
 }
 
 // Retry calls fn until it succeeds, at most o.Attempts times, each time

@@ -250,7 +250,16 @@ func TestKillDuringPush(t *testing.T) {
 						t.Fatalf("kill %d: the stored object is not the complete segment", i)
 					}
 				}
-				walship(t, dir, b.env, append(b.args, "--compress", "none", "wal-push", path)...).mustSucceed(t, "wal-push after kill")
+				// Like PostgreSQL's archiver, try again until it works.
+				start := time.Now()
+				var r result
+				for try := 0; try < 30; try++ {
+					if r = walship(t, dir, b.env, append(b.args, "--compress", "none", "wal-push", path)...); r.code == 0 {
+						break
+					}
+				}
+				r.mustSucceed(t, "wal-push after kill")
+				t.Logf("kill %d: re-push done after %v", i, time.Since(start).Round(time.Millisecond))
 				walship(t, dir, b.env, append(b.args, "wal-fetch", seg.name, "pg_wal/RECOVERYXLOG")...).mustSucceed(t, "wal-fetch")
 				if !bytes.Equal(readFile(t, filepath.Join(dir, "pg_wal", "RECOVERYXLOG")), seg.data) {
 					t.Fatalf("kill %d: segment reads back different after the re-push", i)

@@ -38,7 +38,7 @@ demo: deps build
 	@bash scripts/demo.sh
 
 bench: deps build
-	WALSHIP_BENCH=1 $(GO) test -count=1 -timeout 30m -run TestBenchTable -v ./internal/bench
+	WALSHIP_BENCH=1 $(GO) test -count=1 -timeout 30m -run 'TestBench' -v ./internal/bench
 
 clean:
 	rm -rf bin demo

@@ -107,6 +107,20 @@ func LoadIdentity(ctx context.Context, s storage.Storage, repo, cacheDir string)
 	return id, nil
 }
 
+// EnsureIdentity is LoadIdentity for a caller that knows the cluster
+// (backup-push, wal-stream): an archive without an identity gets id.
+func EnsureIdentity(ctx context.Context, s storage.Storage, repo, cacheDir string, id Identity) (Identity, error) {
+	got, err := LoadIdentity(ctx, s, repo, cacheDir)
+	if !errors.Is(err, ErrNoIdentity) {
+		return got, err
+	}
+	got, err = writeIdentity(ctx, s, id)
+	if err == nil {
+		newIdentityCache(cacheDir, repo).store(got)
+	}
+	return got, err
+}
+
 // writeIdentity records id unless the archive already has an identity, in
 // which case the stored one is returned.
 func writeIdentity(ctx context.Context, s storage.Storage, id Identity) (Identity, error) {

@@ -47,8 +47,8 @@ var ErrCorrupt = errors.New("corrupt archive object")
 
 // Digest is the checksum and size of an object's uncompressed content.
 type Digest struct {
-	SHA256 string
-	Size   int64
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
 }
 
 func (d Digest) meta() map[string]string {
@@ -161,12 +161,19 @@ func NewVerifyingReader(info storage.ObjectInfo, raw io.Reader) (*VerifyingReade
 	if err != nil {
 		return nil, err
 	}
-	_, c := codec.Split(info.Key)
+	return VerifyDigest(info.Key, want, raw)
+}
+
+// VerifyDigest is NewVerifyingReader for an object whose digest is
+// recorded elsewhere (streamed objects, whose digest is known only once
+// they are stored, have it in their backup's metadata).
+func VerifyDigest(key string, want Digest, raw io.Reader) (*VerifyingReader, error) {
+	_, c := codec.Split(key)
 	dec, err := c.NewReader(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: cannot start %s decompression: %v", ErrCorrupt, info.Key, c.Name(), err)
+		return nil, fmt.Errorf("%w: %s: cannot start %s decompression: %v", ErrCorrupt, key, c.Name(), err)
 	}
-	return &VerifyingReader{key: info.Key, want: want, dec: dec, h: sha256.New()}, nil
+	return &VerifyingReader{key: key, want: want, dec: dec, h: sha256.New()}, nil
 }
 
 // Size is the uncompressed size the object was stored with.
@@ -239,20 +246,33 @@ func FindWAL(ctx context.Context, s storage.Storage, name string, preferred code
 	if !errors.Is(err, storage.ErrNotExist) {
 		return rc, info, err
 	}
+	key, err := walKey(ctx, s, name)
+	if err != nil {
+		return nil, storage.ObjectInfo{}, err
+	}
+	if key == "" {
+		return nil, storage.ObjectInfo{}, fmt.Errorf("%s: %w", name, storage.ErrNotExist)
+	}
+	return s.Get(ctx, key)
+}
+
+// HasWAL reports whether WAL file name is archived, under any codec.
+func HasWAL(ctx context.Context, s storage.Storage, name string) (bool, error) {
+	key, err := walKey(ctx, s, name)
+	return key != "", err
+}
+
+// walKey finds the key WAL file name is stored under, with one listing;
+// "" when there is none.
+func walKey(ctx context.Context, s storage.Storage, name string) (string, error) {
 	var found string
-	err = s.List(ctx, WALPrefix+name, func(o storage.ObjectInfo) error {
+	err := s.List(ctx, WALPrefix+name, func(o storage.ObjectInfo) error {
 		if base, _ := codec.Split(o.Key); base == WALPrefix+name && found == "" {
 			found = o.Key
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, storage.ObjectInfo{}, err
-	}
-	if found == "" {
-		return nil, storage.ObjectInfo{}, fmt.Errorf("%s: %w", name, storage.ErrNotExist)
-	}
-	return s.Get(ctx, found)
+	return found, err
 }
 
 // trimKey strips the WAL prefix for messages.

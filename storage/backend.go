@@ -68,3 +68,32 @@ func CopyBody(ctx context.Context, w io.Writer, body io.Reader, size int64) erro
 	}
 	return ctx.Err()
 }
+
+// CopyStream copies r to w until r reports io.EOF, checking ctx between
+// chunks so that a cancelled PutStream stops promptly, and returns the
+// number of bytes copied. An error from r comes back wrapped ("reading
+// the stream: …", still matching it with errors.Is); an error from w comes
+// back as is, so a backend can tell its own failure from its caller's.
+// It holds one 256 KiB buffer, whatever the length of the stream.
+func CopyStream(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var done int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return done, err
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return done, werr
+			}
+			done += int64(n)
+		}
+		if err == io.EOF {
+			return done, ctx.Err()
+		}
+		if err != nil {
+			return done, fmt.Errorf("reading the stream: %w", err)
+		}
+	}
+}

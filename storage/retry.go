@@ -53,6 +53,24 @@ func (o RetryOptions) withDefaults() RetryOptions {
 	return o
 }
 
+type retryOptionsKey struct{}
+
+// ContextWithRetryOptions returns a copy of ctx that carries o, for a
+// backend that retries parts of a call itself (PutStream). WithRetry
+// attaches its options this way, so a stream's parts are retried like
+// every other call.
+func ContextWithRetryOptions(ctx context.Context, o RetryOptions) context.Context {
+	return context.WithValue(ctx, retryOptionsKey{}, o)
+}
+
+// RetryOptionsFromContext returns the options attached to ctx with
+// ContextWithRetryOptions, or DefaultRetryOptions when there are none.
+// Zero fields are filled in from DefaultRetryOptions.
+func RetryOptionsFromContext(ctx context.Context) RetryOptions {
+	o, _ := ctx.Value(retryOptionsKey{}).(RetryOptions)
+	return o.withDefaults()
+}
+
 // backoff is the wait after the given failed attempt (1-based): half of
 // the exponential step for certain, the other half random. Full jitter
 // can make all attempts land within a second, too short to ride out a
@@ -156,6 +174,14 @@ func plural(n int) string {
 //   - List is retried only while fn has not been called; once objects
 //     were handed out, an error is returned as is. Errors from fn are
 //     returned unchanged.
+//   - PutStream passes through: its reader can be read only once, so the
+//     stream is not retried as a whole, and o.Timeout does not apply to
+//     it (a base backup may stream for hours). The backend retries what
+//     it can resend itself — the S3 backend each part and each request
+//     of a multipart upload — with o, which travels in the context
+//     (RetryOptionsFromContext). A stalled stream is the backend's to
+//     detect: the S3 backend's stall timeout covers every request; the
+//     file backend has no network to stall on.
 func WithRetry(s Storage, o RetryOptions) Storage {
 	return &retrying{s: s, o: o}
 }
@@ -174,6 +200,10 @@ func (r *retrying) Put(ctx context.Context, key string, body io.ReadSeeker, size
 		}
 		return r.s.Put(ctx, key, body, size, meta)
 	})
+}
+
+func (r *retrying) PutStream(ctx context.Context, key string, rd io.Reader, meta map[string]string) (int64, error) {
+	return r.s.PutStream(ContextWithRetryOptions(ctx, r.o), key, rd, meta)
 }
 
 func (r *retrying) Get(ctx context.Context, key string) (io.ReadCloser, ObjectInfo, error) {

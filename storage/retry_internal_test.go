@@ -1,8 +1,12 @@
 package storage
 
 import (
+	"context"
+	"errors"
+	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -55,3 +59,33 @@ func TestCopyBody(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+type failingWriter struct{ err error }
+
+func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
+
+func TestCopyStream(t *testing.T) {
+	long := strings.Repeat("x", 1<<20+7)
+	var buf strings.Builder
+	n, err := CopyStream(t.Context(), &buf, io.MultiReader(strings.NewReader(long), strings.NewReader("end")))
+	if err != nil || n != int64(len(long))+3 || buf.String() != long+"end" {
+		t.Errorf("CopyStream of %d bytes: %d bytes, %v", len(long)+3, n, err)
+	}
+
+	lost := errors.New("connection lost")
+	_, err = CopyStream(t.Context(), &buf, io.MultiReader(strings.NewReader("abc"), iotest.ErrReader(lost)))
+	if !errors.Is(err, lost) || !strings.Contains(err.Error(), "reading the stream") {
+		t.Errorf("CopyStream of a failing reader: %v, want the reader's error, saying so", err)
+	}
+
+	full := errors.New("no space left on device")
+	if _, err = CopyStream(t.Context(), failingWriter{full}, strings.NewReader("abc")); err != full {
+		t.Errorf("CopyStream to a failing writer: %v, want the writer's error as is", err)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err = CopyStream(ctx, &buf, strings.NewReader("abc")); !errors.Is(err, context.Canceled) {
+		t.Errorf("CopyStream with a cancelled context: %v", err)
+	}
+}

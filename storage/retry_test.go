@@ -303,3 +303,78 @@ func checkContent(t *testing.T, s storage.Storage, key string, want []byte) {
 		t.Errorf("%s holds %q (%v), want %q", key, got, err, want)
 	}
 }
+
+// streamWatcher records what PutStream's context carries.
+type streamWatcher struct {
+	storage.Storage
+	opts        storage.RetryOptions
+	hasDeadline bool
+}
+
+func (w *streamWatcher) PutStream(ctx context.Context, key string, r io.Reader, meta map[string]string) (int64, error) {
+	w.opts = storage.RetryOptionsFromContext(ctx)
+	_, w.hasDeadline = ctx.Deadline()
+	return w.Storage.PutStream(ctx, key, r, meta)
+}
+
+// slowStream hands out its data in small pieces with pauses between.
+type slowStream struct {
+	data  []byte
+	pause time.Duration
+}
+
+func (s *slowStream) Read(p []byte) (int, error) {
+	if len(s.data) == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.pause)
+	n := copy(p[:min(len(p), 10)], s.data)
+	s.data = s.data[n:]
+	return n, nil
+}
+
+// A stream may take far longer than one attempt's timeout: a base backup
+// runs for hours. The wrapper passes it through once, without a
+// deadline, and hands its options to the backend for the parts.
+func TestRetryPutStreamPassesThrough(t *testing.T) {
+	w := &streamWatcher{Storage: mem.New()}
+	o := fast(3, 20*time.Millisecond)
+	s := storage.WithRetry(w, o)
+	data := bytes.Repeat([]byte("0123456789"), 10) // ten reads, 100ms in all
+	start := time.Now()
+	n, err := s.PutStream(t.Context(), "b/base.tar", &slowStream{data: data, pause: 10 * time.Millisecond}, nil)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("PutStream taking %v, five times the per-attempt timeout: %d bytes, %v", time.Since(start), n, err)
+	}
+	checkContent(t, s, "b/base.tar", data)
+	if w.hasDeadline {
+		t.Error("the wrapper put a deadline on PutStream's context")
+	}
+	if w.opts.Attempts != o.Attempts || w.opts.Timeout != o.Timeout || w.opts.MinBackoff != o.MinBackoff || w.opts.MaxBackoff != o.MaxBackoff {
+		t.Errorf("the backend found retry options %+v in the context, want %+v", w.opts, o)
+	}
+
+	// The stream is read once, so a failure is not retried.
+	f := faulty.New(mem.New())
+	f.Fail(faulty.OpPutStream, 1, errTransient)
+	s = storage.WithRetry(f, o)
+	if _, err := s.PutStream(t.Context(), "b/base.tar", bytes.NewReader(data), nil); !errors.Is(err, errTransient) {
+		t.Errorf("PutStream failing once: %v, want the failure", err)
+	}
+	if got := f.Calls(faulty.OpPutStream); got != 1 {
+		t.Errorf("a failed PutStream was called %d times, want once", got)
+	}
+}
+
+func TestRetryOptionsFromContext(t *testing.T) {
+	if got, want := storage.RetryOptionsFromContext(t.Context()), storage.DefaultRetryOptions(); got != want {
+		t.Errorf("without options in the context: %+v, want the defaults %+v", got, want)
+	}
+	ctx := storage.ContextWithRetryOptions(t.Context(), storage.RetryOptions{Attempts: 2})
+	got := storage.RetryOptionsFromContext(ctx)
+	want := storage.DefaultRetryOptions()
+	want.Attempts = 2
+	if got != want {
+		t.Errorf("with Attempts 2 in the context: %+v, want %+v (zero fields from the defaults)", got, want)
+	}
+}

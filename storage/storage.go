@@ -8,6 +8,10 @@
 //     or the complete one, and an existing key makes Put fail with
 //     ErrExist without touching the stored object.
 //   - Put returns nil only once the object is durably stored.
+//   - PutStream is Put for a stream of unknown length (a base backup's
+//     tar stream): the same atomicity and no-overwrite rule, durable
+//     before it returns, nothing visible after any failure, and memory
+//     use bounded whatever the length (except in storage/mem).
 //   - Get and Stat of a missing key fail with an error matching
 //     ErrNotExist (errors.Is), never with a generic error.
 //   - Metadata keys are lower-case ASCII; values are printable ASCII.
@@ -25,7 +29,7 @@ import (
 // ErrNotExist reports that the object is not in storage.
 var ErrNotExist = errors.New("object does not exist")
 
-// ErrExist reports that Put found the key already stored.
+// ErrExist reports that Put or PutStream found the key already stored.
 var ErrExist = errors.New("object already exists")
 
 // ObjectInfo describes one stored object.
@@ -42,6 +46,18 @@ type Storage interface {
 	// not exist yet; otherwise it returns an error matching ErrExist. body
 	// may be rewound (Seek to 0) and read again by retrying callers.
 	Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string) error
+	// PutStream stores everything read from r (until io.EOF) under key, only
+	// if the key does not exist yet (else an error matching ErrExist, and the
+	// stored object is untouched). Nothing is visible under key until the
+	// whole stream is stored durably; any failure (r's error, ctx cancelled,
+	// storage error, process killed) leaves no object under key. Memory use
+	// is bounded whatever the size. r is read exactly once, so PutStream is
+	// not retried as a whole; backends retry smaller units (S3 parts)
+	// themselves. It returns the number of bytes stored.
+	//
+	// An error from r is returned wrapped (errors.Is matches it). A
+	// backend may answer ErrExist before reading r at all.
+	PutStream(ctx context.Context, key string, r io.Reader, meta map[string]string) (int64, error)
 	// Get opens the object for reading. The caller must close the reader.
 	Get(ctx context.Context, key string) (io.ReadCloser, ObjectInfo, error)
 	// Stat returns the object's size and metadata.

@@ -105,6 +105,9 @@ func newApp(stdout, stderr io.Writer) *app {
 		Commands: []*cli.Command{
 			a.walPushCommand(),
 			a.walFetchCommand(),
+			a.backupPushCommand(),
+			a.backupListCommand(),
+			a.backupFetchCommand(),
 		},
 	}
 	return a

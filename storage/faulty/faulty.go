@@ -1,9 +1,11 @@
 // Package faulty wraps a storage backend to inject failures in tests: the
 // Nth call of an operation fails before or after reaching the backend,
 // calls are delayed or hang until their context ends, listings break
-// midway, and downloads come back truncated, corrupted or stalled. Tests
-// use it to prove that walship retries what it should, stops when it
-// should, and never takes damaged data for good data.
+// midway, downloads come back truncated, corrupted or stalled, and
+// streams handed to PutStream break off. Tests use it to prove that
+// walship retries what it should, stops when it should, never takes
+// damaged data for good data, and leaves nothing visible behind a failed
+// stream.
 //
 // Calls are numbered per operation from 1, counting every call since New;
 // a fault set for call 0 applies to every call from then on. Several
@@ -22,11 +24,12 @@ import (
 
 // Operation names, as taken by the fault-setting methods and Calls.
 const (
-	OpPut    = "put"
-	OpGet    = "get"
-	OpStat   = "stat"
-	OpList   = "list"
-	OpDelete = "delete"
+	OpPut       = "put"
+	OpPutStream = "putstream"
+	OpGet       = "get"
+	OpStat      = "stat"
+	OpList      = "list"
+	OpDelete    = "delete"
 )
 
 type kind int
@@ -39,6 +42,7 @@ const (
 	truncate
 	flipBit
 	stall
+	cutStream
 )
 
 type fault struct {
@@ -47,7 +51,7 @@ type fault struct {
 	kind kind
 	err  error
 	d    time.Duration // delay; negative: until the context ends
-	n    int64         // list items, bytes kept, bit offset, bytes before the stall
+	n    int64         // list items, bytes kept, bit offset, bytes before the stall or cut
 }
 
 // Storage is a storage.Storage that passes calls to another one, except
@@ -69,9 +73,9 @@ func New(s storage.Storage) *Storage {
 
 func checkOp(op string) {
 	switch op {
-	case OpPut, OpGet, OpStat, OpList, OpDelete:
+	case OpPut, OpPutStream, OpGet, OpStat, OpList, OpDelete:
 	default:
-		panic(fmt.Sprintf("faulty: unknown operation %q (want put, get, stat, list or delete)", op))
+		panic(fmt.Sprintf("faulty: unknown operation %q (want put, putstream, get, stat, list or delete)", op))
 	}
 }
 
@@ -92,8 +96,8 @@ func (f *Storage) Fail(op string, n int, err error) {
 }
 
 // FailAfter makes call n of op reach the wrapped storage and then return
-// err instead of the result, like a reply lost on the network: a Put
-// stores the object yet reports failure. A Get's body is closed.
+// err instead of the result, like a reply lost on the network: a Put or
+// PutStream stores the object yet reports failure. A Get's body is closed.
 func (f *Storage) FailAfter(op string, n int, err error) {
 	f.add(fault{op: op, call: n, kind: failAfter, err: err})
 }
@@ -134,6 +138,18 @@ func (f *Storage) FlipBit(n int, offset int64) {
 // with the context's error (or io.ErrClosedPipe).
 func (f *Storage) Stall(n int, after int64) {
 	f.add(fault{op: OpGet, call: n, kind: stall, n: after})
+}
+
+// CutStream makes the reader that PutStream call n hands to the wrapped
+// storage deliver after bytes of the caller's stream and then fail with
+// err (nil: an error saying the stream was cut, matching
+// io.ErrUnexpectedEOF), like a database connection lost in the middle of
+// a base backup. The wrapped storage must then store nothing.
+func (f *Storage) CutStream(n int, after int64, err error) {
+	if err == nil {
+		err = fmt.Errorf("faulty: stream cut after %d bytes: %w", after, io.ErrUnexpectedEOF)
+	}
+	f.add(fault{op: OpPutStream, call: n, kind: cutStream, err: err, n: after})
 }
 
 // Clear removes all faults. Call counts are kept.
@@ -213,6 +229,47 @@ func (f *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return err
 	}
 	return after(faults)
+}
+
+// PutStream implements storage.Storage.
+func (f *Storage) PutStream(ctx context.Context, key string, r io.Reader, meta map[string]string) (int64, error) {
+	faults := f.begin(OpPutStream)
+	if err := before(ctx, OpPutStream, faults); err != nil {
+		return 0, err
+	}
+	for _, ft := range faults {
+		if ft.kind == cutStream {
+			r = &cutReader{r: r, left: ft.n, err: ft.err}
+		}
+	}
+	n, err := f.s.PutStream(ctx, key, r, meta)
+	if err != nil {
+		return 0, err
+	}
+	if err := after(faults); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// cutReader delivers left more bytes of r and then fails with err.
+type cutReader struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, c.err
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	// A stream shorter than the cut ends unharmed, with r's io.EOF.
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 // Get implements storage.Storage.

@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/faulty"
+	"github.com/walship/walship/storage/fs"
 	"github.com/walship/walship/storage/mem"
 	"github.com/walship/walship/storage/storagetest"
 )
@@ -181,4 +184,108 @@ func TestUnknownOperation(t *testing.T) {
 		}
 	}()
 	faulty.New(mem.New()).Fail("upload", 1, errInjected)
+}
+
+// TestPutStreamFaults breaks streams on their way into real backends and
+// checks that nothing becomes visible, nor stays on disk.
+func TestPutStreamFaults(t *testing.T) {
+	for name, open := range map[string]func(t *testing.T) (storage.Storage, string){
+		"mem": func(t *testing.T) (storage.Storage, string) { return mem.New(), "" },
+		"fs": func(t *testing.T) (storage.Storage, string) {
+			dir := t.TempDir()
+			s, err := fs.New(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s, dir
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, dir := open(t)
+			f := faulty.New(s)
+			data := bytes.Repeat([]byte("base backup "), 100_000) // 1.2 MB
+			stream := func() io.Reader { return struct{ io.Reader }{bytes.NewReader(data)} }
+
+			f.Fail(faulty.OpPutStream, 2, errInjected)
+			f.CutStream(3, 300_000, nil)
+			broken := errors.New("connection to the primary lost")
+			f.CutStream(4, 700_000, broken)
+			f.CutStream(5, int64(len(data))+1, broken) // past the end: no harm
+
+			if _, err := f.PutStream(t.Context(), "b/1", stream(), nil); err != nil {
+				t.Fatalf("PutStream call 1: %v", err)
+			}
+			unread := &countingReader{r: stream()}
+			if _, err := f.PutStream(t.Context(), "b/2", unread, nil); !errors.Is(err, errInjected) {
+				t.Errorf("PutStream call 2: %v, want the injected error", err)
+			}
+			if unread.n != 0 {
+				t.Errorf("a PutStream failed before reaching the storage read %d bytes of its stream", unread.n)
+			}
+			if _, err := f.PutStream(t.Context(), "b/3", stream(), nil); !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("PutStream call 3, cut after 300000 bytes: %v, want an error matching io.ErrUnexpectedEOF", err)
+			}
+			if _, err := f.PutStream(t.Context(), "b/4", stream(), nil); !errors.Is(err, broken) {
+				t.Errorf("PutStream call 4, cut after 700000 bytes: %v, want the cut's error", err)
+			}
+			if n, err := f.PutStream(t.Context(), "b/5", stream(), nil); err != nil || n != int64(len(data)) {
+				t.Errorf("PutStream call 5, cut past the end: %d bytes, %v", n, err)
+			}
+			for _, key := range []string{"b/2", "b/3", "b/4"} {
+				if _, err := f.Stat(t.Context(), key); !errors.Is(err, storage.ErrNotExist) {
+					t.Errorf("Stat(%q) after its PutStream failed: %v, want ErrNotExist", key, err)
+				}
+			}
+			var keys []string
+			if err := f.List(t.Context(), "", func(oi storage.ObjectInfo) error {
+				keys = append(keys, oi.Key)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 2 || keys[0] != "b/1" || keys[1] != "b/5" {
+				t.Errorf("List after the faults: %q, want [b/1 b/5]", keys)
+			}
+			if dir != "" {
+				// No temporary file of a failed stream stays on disk.
+				entries, err := os.ReadDir(filepath.Join(dir, "b"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(entries) != 2 {
+					var names []string
+					for _, e := range entries {
+						names = append(names, e.Name())
+					}
+					t.Errorf("the archive directory holds %q, want only the two objects", names)
+				}
+			}
+			if got := f.Calls(faulty.OpPutStream); got != 5 {
+				t.Errorf("Calls(putstream) = %d, want 5", got)
+			}
+			if got := f.Calls(faulty.OpPut); got != 0 {
+				t.Errorf("Calls(put) = %d after PutStreams only, want 0", got)
+			}
+
+			// A lost reply: stored, yet reported as failed.
+			f.FailAfter(faulty.OpPutStream, 6, errInjected)
+			if _, err := f.PutStream(t.Context(), "b/6", stream(), nil); !errors.Is(err, errInjected) {
+				t.Errorf("PutStream call 6: %v, want the injected error", err)
+			}
+			if _, err := f.Stat(t.Context(), "b/6"); err != nil {
+				t.Errorf("object of a PutStream whose reply was lost: %v", err)
+			}
+		})
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }

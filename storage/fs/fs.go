@@ -3,15 +3,17 @@
 //
 // # Guarantees
 //
-// Writes are durable, atomic and never overwrite. Put writes the object to
-// a temporary file in the target directory (its name starts with ".", so
-// listings skip it), fsyncs it, then gives it its final name with link(2),
-// which fails if the name exists — race-free even between processes — and
-// fsyncs the directory. On file systems without hard links it uses
-// renameat2(RENAME_NOREPLACE), which is just as strict. A crash at any
-// moment leaves either no object or the complete one under its key.
+// Writes are durable, atomic and never overwrite. Put and PutStream write
+// the object to a temporary file in the target directory (its name starts
+// with ".", so listings skip it), fsync it, then give it its final name
+// with link(2), which fails if the name exists — race-free even between
+// processes — and fsync the directory. On file systems without hard links
+// they use renameat2(RENAME_NOREPLACE), which is just as strict. A crash
+// at any moment leaves either no object or the complete one under its key.
 // Temporary files left by a crash are never listed; List removes those
-// untouched for more than an hour.
+// untouched for more than an hour (a PutStream in progress touches its
+// file while it waits for data, so only a dead writer's file gets old).
+// PutStream uses one 256 KiB buffer whatever the length of the stream.
 //
 // Directories are created with mode 0700 and files with 0600: the archive
 // holds a full copy of the database.
@@ -75,6 +77,33 @@ const (
 // also by several processes on the same directory.
 type Storage struct {
 	dir string
+	// owner, when set, is given to every file and directory walship
+	// creates: a root-run walship (backup-fetch, a cron job) must not
+	// leave files the PostgreSQL OS user cannot read or replace.
+	owner *owner
+}
+
+type owner struct{ uid, gid int }
+
+// ownerFor returns the owner of the archive directory when this process
+// runs as root and the directory belongs to someone else.
+func ownerFor(fi os.FileInfo) *owner {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || os.Geteuid() != 0 || st.Uid == 0 {
+		return nil
+	}
+	return &owner{uid: int(st.Uid), gid: int(st.Gid)}
+}
+
+// chown gives path the archive's owner, if it has one.
+func (s *Storage) chown(path string) error {
+	if s.owner == nil {
+		return nil
+	}
+	if err := os.Lchown(path, s.owner.uid, s.owner.gid); err != nil {
+		return s.describe("setting the owner of", path, err)
+	}
+	return nil
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -99,7 +128,7 @@ func New(dir string) (*Storage, error) {
 	case !fi.IsDir():
 		return nil, fmt.Errorf("archive directory %s is not a directory: fix the repository URL", dir)
 	}
-	return &Storage{dir: dir}, nil
+	return &Storage{dir: dir, owner: ownerFor(fi)}, nil
 }
 
 // Create is New for a new archive: it first creates dir and any missing
@@ -165,6 +194,43 @@ func (s *Storage) path(key string) (string, error) {
 
 // Put implements storage.Storage.
 func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size int64, meta map[string]string) error {
+	return s.store(ctx, key, meta, false, func(w io.Writer) error {
+		return storage.CopyBody(ctx, w, body, size)
+	})
+}
+
+// PutStream implements storage.Storage. It stores the stream exactly as
+// Put stores a body — temporary file, fsync, link, directory fsync — with
+// one copy buffer of memory. A key that already exists is refused before
+// the stream is read; link(2) still decides when another writer stores
+// the key while the stream is being written.
+func (s *Storage) PutStream(ctx context.Context, key string, r io.Reader, meta map[string]string) (int64, error) {
+	path, err := s.path(key)
+	if err != nil {
+		return 0, err
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("storing %s: %w", path, storage.ErrExist)
+	}
+	var n int64
+	err = s.store(ctx, key, meta, true, func(w io.Writer) error {
+		var err error
+		n, err = storage.CopyStream(ctx, w, r)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// store writes the object header and then whatever fill writes into a
+// temporary file next to the object's path, makes it durable and gives
+// it its name without overwriting. If fill fails, nothing is left behind.
+// long marks a write that may take hours (a stream): the temporary file is
+// then kept fresh even while no data arrives, so that List does not sweep
+// it as a dead writer's.
+func (s *Storage) store(ctx context.Context, key string, meta map[string]string, long bool, fill func(w io.Writer) error) error {
 	path, err := s.path(key)
 	if err != nil {
 		return err
@@ -188,6 +254,9 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 			tmp, err = os.CreateTemp(dir, tempPrefix+"*")
 			if err != nil {
 				err = s.describe("creating a file in", dir, err)
+			} else if err = s.chown(tmp.Name()); err != nil {
+				tmp.Close()
+				os.Remove(tmp.Name())
 			}
 		}
 		// Delete removes directories it empties; one may vanish between
@@ -210,12 +279,15 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		// be gone.
 		os.Remove(tmpPath)
 	}()
+	if long {
+		defer keepFresh(tmpPath, staleTemp/4)()
+	}
 
 	w := &fileWriter{f: tmp}
 	if _, err := w.Write(header); err != nil {
 		return s.describe("writing", path, err)
 	}
-	if err := storage.CopyBody(ctx, w, body, size); err != nil {
+	if err := fill(w); err != nil {
 		if w.err != nil {
 			return s.describe("writing", path, w.err)
 		}
@@ -243,6 +315,33 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 		return s.describe("syncing directory", dir, err)
 	}
 	return nil
+}
+
+// keepFresh touches the temporary file at path every interval until the
+// returned function is called. A stream can pause for long (a base backup
+// waits for the server's checkpoint, or a slow tablespace); without this
+// a concurrent List would take the idle file for a dead writer's and
+// remove it.
+func keepFresh(path string, every time.Duration) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				os.Chtimes(path, time.Time{}, now)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
 }
 
 // publish gives the complete temporary file tmp the name path, failing
@@ -304,6 +403,9 @@ func (s *Storage) mkdirAll(dir string) error {
 		err := os.Mkdir(cur, dirMode)
 		switch {
 		case err == nil:
+			if err := s.chown(cur); err != nil {
+				return err
+			}
 			if err := syncDir(parent); err != nil {
 				return s.describe("syncing directory", parent, err)
 			}

@@ -366,3 +366,74 @@ func TestPermissionDenied(t *testing.T) {
 		t.Errorf("Put into a read-only directory: %v", err)
 	}
 }
+
+// A stream that waits long for data keeps its temporary file fresh, so a
+// concurrent List does not sweep it as a dead writer's.
+func TestKeepFresh(t *testing.T) {
+	path := filepath.Join(t.TempDir(), tempPrefix+"stream")
+	if err := os.WriteFile(path, []byte("#walship-meta {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	stop := keepFresh(path, 5*time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(fi.ModTime()) < time.Minute {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("keepFresh did not touch the file")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	// After stop, the file is left alone.
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	if fi, _ := os.Stat(path); time.Since(fi.ModTime()) < time.Hour {
+		t.Error("keepFresh touched the file after it was stopped")
+	}
+}
+
+// TestRootKeepsArchiveOwner: walship run as root (a restore, a cron job)
+// gives what it creates to the archive directory's owner, so the
+// PostgreSQL OS user can still read and write the archive.
+func TestRootKeepsArchiveOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	const nobody = 65534
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := s.Put(ctx, "a/b/object", bytes.NewReader([]byte("x")), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutStream(ctx, "a/c/stream", bytes.NewReader([]byte("y")), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"a", "a/b", "a/b/object", "a/c", "a/c/stream"} {
+		st, err := os.Stat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := st.Sys().(*syscall.Stat_t).Uid; uid != nobody {
+			t.Errorf("%s is owned by uid %d, want the archive's owner %d", p, uid, nobody)
+		}
+	}
+}

@@ -51,14 +51,22 @@ func TestKillHelper(t *testing.T) {
 	data := killBody()
 	for i := 0; ; i++ {
 		key := fmt.Sprintf("wal/%024X", i)
-		if err := s.Put(t.Context(), key, slowReader{bytes.NewReader(data)}, int64(len(data)), map[string]string{"walship-n": fmt.Sprint(i)}); err != nil {
+		meta := map[string]string{"walship-n": fmt.Sprint(i)}
+		// Put and PutStream in turn: they share the path to the disk,
+		// and both must survive a kill.
+		if i%2 == 0 {
+			err = s.Put(t.Context(), key, slowReader{bytes.NewReader(data)}, int64(len(data)), meta)
+		} else {
+			_, err = s.PutStream(t.Context(), key, slowReader{bytes.NewReader(data)}, meta)
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
-// A process killed at any moment of a Put leaves either no object or the
-// complete one, and nothing half-written is listed.
+// A process killed at any moment of a Put or PutStream leaves either no
+// object or the complete one, and nothing half-written is listed.
 func TestKillDuringPut(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills processes")

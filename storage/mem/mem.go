@@ -1,7 +1,8 @@
 // Package mem is an in-memory storage backend for unit tests. It honours
 // the full storage.Storage contract (atomic no-overwrite Put, ErrNotExist,
 // ordered listings, cancellation), so code tested against it behaves the
-// same on a real archive. Nothing survives the process.
+// same on a real archive. Nothing survives the process, and PutStream
+// holds the whole stream in memory before storing it.
 package mem
 
 import (
@@ -62,6 +63,35 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if err := storage.CopyBody(ctx, &buf, body, size); err != nil {
 		return fmt.Errorf("mem: put %s: %w", key, err)
 	}
+	return s.insert(ctx, key, buf.Bytes(), meta)
+}
+
+// PutStream implements storage.Storage. It holds the whole stream in
+// memory before storing it: unlike the real backends, its memory use
+// grows with the stream, which is fine for the tests it serves.
+func (s *Storage) PutStream(ctx context.Context, key string, r io.Reader, meta map[string]string) (int64, error) {
+	if err := checkKey(key); err != nil {
+		return 0, err
+	}
+	if err := storage.CheckMetadata(meta); err != nil {
+		return 0, fmt.Errorf("mem: put %s: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("mem: put %s: %w", key, err)
+	}
+	var buf bytes.Buffer
+	n, err := storage.CopyStream(ctx, &buf, r)
+	if err != nil {
+		return 0, fmt.Errorf("mem: put %s: %w", key, err)
+	}
+	if err := s.insert(ctx, key, buf.Bytes(), meta); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// insert stores data under key unless the key exists.
+func (s *Storage) insert(ctx context.Context, key string, data []byte, meta map[string]string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -70,7 +100,7 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if _, ok := s.objects[key]; ok {
 		return fmt.Errorf("mem: put %s: %w", key, storage.ErrExist)
 	}
-	s.objects[key] = object{data: buf.Bytes(), meta: maps.Clone(meta), modTime: time.Now()}
+	s.objects[key] = object{data: data, meta: maps.Clone(meta), modTime: time.Now()}
 	return nil
 }
 

@@ -115,7 +115,7 @@ func (s *Storage) fail(ctx context.Context, op, key string, w *watchdog, err err
 	case "EntityTooLarge":
 		return storage.Permanent(wrap("object too large for one S3 PUT"))
 	case "NotImplemented":
-		if op == "put" {
+		if op == "put" || strings.HasPrefix(op, "complete") {
 			return storage.Permanent(wrap("%s does not support conditional writes (If-None-Match: *), which walship needs to never overwrite a file; upgrade it or use another S3 server", s.endpoint))
 		}
 		return storage.Permanent(wrap("%s does not implement this request", s.endpoint))

@@ -192,6 +192,8 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		{s3.Options{Bucket: "b", Endpoint: "ftp://host"}, "want http://host:port"},
 		{s3.Options{Bucket: "b"}, "set AWS_REGION"},
 		{s3.Options{Bucket: "b", Region: "us-east-1", CAFile: filepath.Join(t.TempDir(), "missing.pem")}, "CA file"},
+		{s3.Options{Bucket: "b", Region: "us-east-1", PartSize: 1 << 20}, "part size"},
+		{s3.Options{Bucket: "b", Region: "us-east-1", PartSize: 6 << 30}, "part size"},
 	} {
 		_, err := s3.New(t.Context(), tc.o)
 		if !storage.IsPermanent(err) || !strings.Contains(err.Error(), tc.hint) {

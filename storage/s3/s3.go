@@ -6,13 +6,45 @@
 //   - Put is a single conditional PutObject (If-None-Match: *), so two
 //     pushers of the same key cannot both win, and it carries a CRC32C of
 //     the body that the server verifies before it stores anything.
+//   - PutStream uploads a stream of unknown length (a base backup) as a
+//     multipart upload: parts of 16 MiB (Options.PartSize) that double
+//     after every 1,000 parts, each with a CRC32C the server verifies,
+//     three uploading at a time, each retried on its own, and a final
+//     CompleteMultipartUpload with If-None-Match: *. Memory stays at about
+//     four parts. A failed upload is aborted; a stream shorter than one
+//     part is a single conditional PutObject.
 //   - Errors that retrying cannot fix (credentials, permissions, a missing
 //     bucket, a wrong region) are marked storage.Permanent and say what to
 //     change; network failures, timeouts and 5xx answers are not.
 //   - A missing bucket is never reported as a missing object.
 //   - No call waits forever: connecting, the TLS handshake, waiting for an
 //     answer and every stretch of an upload or download without progress
-//     are bounded, with or without a deadline on the context.
+//     are bounded, with or without a deadline on the context. This covers
+//     every part of a PutStream, which no overall timeout bounds (a base
+//     backup may stream for hours).
+//
+// # Bucket set-up
+//
+// A walship process killed during a PutStream (or one that cannot reach
+// the server to abort) leaves an incomplete multipart upload behind: it
+// is never listed or read as an object, but its parts take space and are
+// billed. Give the bucket a lifecycle rule that removes them, e.g. with
+// the AWS CLI:
+//
+//	aws s3api put-bucket-lifecycle-configuration --bucket BUCKET \
+//	  --lifecycle-configuration '{"Rules":[{"ID":"walship-abort-incomplete-uploads",
+//	  "Status":"Enabled","Filter":{},"AbortIncompleteMultipartUpload":{"DaysAfterInitiation":2}}]}'
+//
+// That command replaces the bucket's lifecycle configuration: add the
+// rule to an existing one instead. Two days is far longer than any backup
+// runs. MinIO has no such rule: it
+// removes incomplete uploads by itself once they are 24 hours old
+// (setting api stale_uploads_expiry, MINIO_API_STALE_UPLOADS_EXPIRY).
+//
+// Objects written by PutStream carry a composite CRC32C (over the parts'
+// CRC32Cs, "…-N"), which the server checked part by part on upload but
+// which Get cannot check while reading; callers keep their own checksum
+// of a stream's content (a base backup's metadata record holds it).
 package s3
 
 import (
@@ -61,6 +93,11 @@ type Options struct {
 	// body that is not read for this long fails too). Zero means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
+	// PartSize is the size of the first 1,000 parts of a PutStream
+	// upload, from 5 MiB to 5 GiB; zero means DefaultPartSize. A
+	// stream holds about four parts in memory (three uploading, one
+	// filling).
+	PartSize int64
 }
 
 // DefaultStallTimeout is generous enough for a server that is slow but
@@ -83,6 +120,7 @@ type Storage struct {
 	prefix   string // without leading or trailing slash; may be empty
 	endpoint string // for messages
 	stall    time.Duration
+	partSize int64 // of a stream's first parts
 }
 
 var _ storage.Storage = (*Storage)(nil)
@@ -107,6 +145,13 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 	stall := o.StallTimeout
 	if stall <= 0 {
 		stall = DefaultStallTimeout
+	}
+	partSize := o.PartSize
+	if partSize == 0 {
+		partSize = DefaultPartSize
+	}
+	if partSize < minPartSize || partSize > maxPartSize {
+		return nil, storage.Permanent(fmt.Errorf("S3 part size %d is outside what S3 accepts (5 MiB to 5 GiB)", o.PartSize))
 	}
 
 	var roots *x509.CertPool
@@ -145,7 +190,7 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 		return nil, storage.Permanent(fmt.Errorf("load AWS configuration: %w (check AWS_PROFILE, ~/.aws/config and ~/.aws/credentials)", err))
 	}
 
-	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall}
+	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall, partSize: partSize}
 	var noRegion bool
 	s.client = s3.NewFromConfig(cfg, func(so *s3.Options) {
 		if o.Endpoint != "" {
@@ -241,15 +286,20 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if _, err := sec.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("s3 put %s: rewinding the body: %w", s.url(key), err)
 	}
+	return s.putObject(ctx, key, sec, sum, meta)
+}
 
+// putObject stores body, whose CRC32C is sum, with one conditional
+// PutObject.
+func (s *Storage) putObject(ctx context.Context, key string, body *section, sum string, meta map[string]string) error {
 	w := s.watch(ctx)
 	defer w.stop()
-	sec.progress = w.progress
+	body.progress = w.progress
 	out, err := s.client.PutObject(w.ctx, &s3.PutObjectInput{
 		Bucket:            aws.String(s.bucket),
 		Key:               aws.String(s.objectKey(key)),
-		Body:              sec,
-		ContentLength:     aws.Int64(size),
+		Body:              body,
+		ContentLength:     aws.Int64(body.size),
 		IfNoneMatch:       aws.String("*"),
 		Metadata:          meta,
 		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,

@@ -280,6 +280,13 @@ func calls(st storage.Storage) map[string]func(ctx context.Context) error {
 		"Put": func(ctx context.Context) error {
 			return st.Put(ctx, key, bytes.NewReader([]byte("x")), 1, nil)
 		},
+		"PutStream": func(ctx context.Context) error {
+			// One attempt, like every other call here: retries are
+			// tested on their own.
+			ctx = storage.ContextWithRetryOptions(ctx, storage.RetryOptions{Attempts: 1})
+			_, err := st.PutStream(ctx, key, strings.NewReader("x"), nil)
+			return err
+		},
 		"Get": func(ctx context.Context) error {
 			rc, _, err := st.Get(ctx, key)
 			if err == nil {

@@ -5,7 +5,12 @@
 // and complete listings (past S3's 1000-keys-per-page limit), idempotent
 // Delete, a single winner among concurrent Puts of one key (losers get
 // ErrExist, or a retryable error whose retry gets ErrExist), and Puts
-// that leave nothing behind when they fail or are cancelled.
+// that leave nothing behind when they fail or are cancelled. PutStream
+// gets the same checks with streams of unknown length, from empty to
+// 40 MiB (more than two S3 parts): round trips, no overwrite (also of a
+// key stored while the stream is being read), nothing visible after the
+// stream fails or the context is cancelled, one winner among concurrent
+// streams.
 //
 // A backend's test calls Run with a constructor:
 //
@@ -24,6 +29,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -68,6 +74,12 @@ func Run(t *testing.T, newStorage func(t *testing.T) storage.Storage) {
 		{"ConcurrentPut", testConcurrentPut},
 		{"CancelledPut", testCancelledPut},
 		{"ShortBody", testShortBody},
+		{"PutStream", testPutStream},
+		{"PutStreamExisting", testPutStreamExisting},
+		{"PutStreamKeyTakenMidway", testPutStreamKeyTakenMidway},
+		{"PutStreamReaderFails", testPutStreamReaderFails},
+		{"PutStreamCancelled", testPutStreamCancelled},
+		{"ConcurrentPutStream", testConcurrentPutStream},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -629,4 +641,317 @@ func testShortBody(t *testing.T, s storage.Storage) {
 	}
 	checkNotExist(t, s, key)
 	checkList(t, s, "", nil)
+}
+
+// bigStream is longer than two parts of the S3 backend's default 16 MiB
+// multipart upload, and not a multiple of any buffer size.
+const bigStream = 40<<20 + 4099
+
+// midStream is where failures strike in long streams: past the first
+// S3 part, so that parts are stored by the time the stream fails.
+const midStream = 20<<20 + 5
+
+// streamOf returns a stream of n bytes from a generator seeded with seed.
+// Like a pipe from pg_basebackup, it cannot Seek, has no Len, and hands
+// out reads of uneven sizes; it is produced as it is read, so a long
+// stream is never held by the test.
+func streamOf(seed uint64, n int64) io.Reader {
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	return &unevenReader{
+		r:     io.LimitReader(rand.NewChaCha8(key), n),
+		sizes: rand.New(rand.NewPCG(seed, 3)),
+	}
+}
+
+type unevenReader struct {
+	r     io.Reader
+	sizes *rand.Rand
+}
+
+func (u *unevenReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1+u.sizes.IntN(min(len(p), 100_000))]
+	}
+	return u.r.Read(p)
+}
+
+// streamSum is the SHA-256 of streamOf(seed, n).
+func streamSum(t *testing.T, seed uint64, n int64) string {
+	t.Helper()
+	h := sha256.New()
+	if _, err := io.Copy(h, streamOf(seed, n)); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// streamMeta is metadata as a base backup might give it, known before the
+// stream starts.
+func streamMeta(name string) map[string]string {
+	return map[string]string{"walship-codec": "zstd", "walship-backup": name}
+}
+
+// failingReader delivers a stream and then fails, like a replication
+// connection lost in the middle of a base backup.
+type failingReader struct {
+	r     io.Reader
+	after int64
+	err   error
+	read  int64
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if f.read >= f.after {
+		return 0, f.err
+	}
+	if int64(len(p)) > f.after-f.read {
+		p = p[:f.after-f.read]
+	}
+	n, err := f.r.Read(p)
+	f.read += int64(n)
+	return n, err
+}
+
+// hookReader calls hook once, when the stream has handed out at bytes.
+type hookReader struct {
+	r    io.Reader
+	at   int64
+	hook func()
+	read int64
+}
+
+func (h *hookReader) Read(p []byte) (int, error) {
+	if h.hook != nil && h.read >= h.at {
+		h.hook()
+		h.hook = nil
+	}
+	if h.hook != nil && int64(len(p)) > h.at-h.read {
+		p = p[:h.at-h.read]
+	}
+	n, err := h.r.Read(p)
+	h.read += int64(n)
+	return n, err
+}
+
+// checkStreamObject checks through Get, Stat and List that key holds
+// streamOf(seed, n) and meta.
+func checkStreamObject(t *testing.T, s storage.Storage, key string, seed uint64, n int64, meta map[string]string) {
+	t.Helper()
+	rc, info, err := s.Get(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Get(%q) on %s: %v", key, s, err)
+	}
+	h := sha256.New()
+	got, err := io.Copy(h, rc)
+	if cerr := rc.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("Get(%q) on %s: reading body: %v", key, s, err)
+	}
+	if sum, want := hex.EncodeToString(h.Sum(nil)), streamSum(t, seed, n); got != n || sum != want {
+		t.Errorf("Get(%q): %d bytes with sha256 %s, want the %d streamed bytes with sha256 %s", key, got, sum, n, want)
+	}
+	if info.Size != n {
+		t.Errorf("Get(%q): ObjectInfo.Size = %d, want %d", key, info.Size, n)
+	}
+	checkMeta(t, "Get("+key+")", info.Metadata, meta)
+	st, err := s.Stat(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Stat(%q): %v", key, err)
+	}
+	if st.Size != n {
+		t.Errorf("Stat(%q): Size = %d, want %d", key, st.Size, n)
+	}
+	checkMeta(t, "Stat("+key+")", st.Metadata, meta)
+	found := false
+	for _, oi := range list(t, s, key) {
+		if oi.Key == key {
+			found = true
+			if oi.Size != n {
+				t.Errorf("List(%q): Size = %d, want %d", key, oi.Size, n)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("List(%q) does not show the object", key)
+	}
+}
+
+func putStream(t *testing.T, s storage.Storage, key string, r io.Reader, meta map[string]string) int64 {
+	t.Helper()
+	n, err := s.PutStream(t.Context(), key, r, meta)
+	if err != nil {
+		t.Fatalf("PutStream(%q) on %s: %v", key, s, err)
+	}
+	return n
+}
+
+func testPutStream(t *testing.T, s storage.Storage) {
+	objects := map[string][]byte{}
+	for i, n := range []int64{0, 1, 5000, bigStream} {
+		key := fmt.Sprintf("basebackups/base_%d/base.tar.zst", i)
+		meta := streamMeta(fmt.Sprint(i))
+		start := time.Now()
+		if got := putStream(t, s, key, streamOf(uint64(i), n), meta); got != n {
+			t.Errorf("PutStream(%q) of %d bytes returned %d", key, n, got)
+		}
+		if n > 1<<20 {
+			t.Logf("PutStream of %d MiB: %v", n>>20, time.Since(start).Round(time.Millisecond))
+		}
+		checkStreamObject(t, s, key, uint64(i), n, meta)
+		objects[key] = make([]byte, n)
+	}
+	checkList(t, s, "basebackups/", objects)
+
+	// A pipe, as from a compressor writing in its own goroutine, without
+	// metadata.
+	const key = "basebackups/base_pipe/base.tar"
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := io.Copy(pw, streamOf(9, 70_000))
+		pw.CloseWithError(err)
+	}()
+	if got := putStream(t, s, key, pr, nil); got != 70_000 {
+		t.Errorf("PutStream(%q) from a pipe returned %d, want 70000", key, got)
+	}
+	checkStreamObject(t, s, key, 9, 70_000, nil)
+}
+
+func testPutStreamExisting(t *testing.T, s storage.Storage) {
+	const key = "basebackups/b1/base.tar.zst"
+	first := randomBytes(10, 4096)
+	put(t, s, key, first, metaFor(first))
+	for _, n := range []int64{0, 3000, midStream} {
+		_, err := s.PutStream(t.Context(), key, streamOf(11, n), streamMeta("second"))
+		if !errors.Is(err, storage.ErrExist) {
+			t.Errorf("PutStream(%q) of %d bytes over a stored object: %v, want an error matching storage.ErrExist", key, n, err)
+		}
+	}
+	checkObject(t, s, key, first, metaFor(first))
+
+	// An object stored by PutStream blocks Put and PutStream alike.
+	const streamed = "basebackups/b2/base.tar.zst"
+	putStream(t, s, streamed, streamOf(12, 5000), streamMeta("b2"))
+	if err := s.Put(t.Context(), streamed, bytes.NewReader(first), int64(len(first)), nil); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("Put(%q) over a streamed object: %v, want an error matching storage.ErrExist", streamed, err)
+	}
+	if _, err := s.PutStream(t.Context(), streamed, streamOf(13, 5000), nil); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("PutStream(%q) over a streamed object: %v, want an error matching storage.ErrExist", streamed, err)
+	}
+	checkStreamObject(t, s, streamed, 12, 5000, streamMeta("b2"))
+	checkList(t, s, "", map[string][]byte{key: first, streamed: make([]byte, 5000)})
+}
+
+// testPutStreamKeyTakenMidway stores the key while the stream is being
+// read, after any check a backend makes up front: only the final,
+// atomic step can refuse it, and it must.
+func testPutStreamKeyTakenMidway(t *testing.T, s storage.Storage) {
+	for i, n := range []int64{3000, bigStream} {
+		key := fmt.Sprintf("basebackups/b%d/base.tar.zst", i)
+		other := randomBytes(uint64(20+i), 1000)
+		r := &hookReader{r: streamOf(uint64(30+i), n), at: n / 2, hook: func() {
+			put(t, s, key, other, metaFor(other))
+		}}
+		_, err := s.PutStream(t.Context(), key, r, streamMeta("late"))
+		if !errors.Is(err, storage.ErrExist) {
+			t.Errorf("PutStream(%q) of %d bytes whose key was stored after %d bytes: %v, want an error matching storage.ErrExist", key, n, n/2, err)
+		}
+		if r.hook != nil {
+			t.Fatalf("PutStream(%q) did not read the stream as far as %d bytes", key, n/2)
+		}
+		checkObject(t, s, key, other, metaFor(other))
+	}
+	checkList(t, s, "", map[string][]byte{"basebackups/b0/base.tar.zst": make([]byte, 1000), "basebackups/b1/base.tar.zst": make([]byte, 1000)})
+}
+
+func testPutStreamReaderFails(t *testing.T, s storage.Storage) {
+	broken := errors.New("replication connection lost")
+	for i, after := range []int64{0, 1000, midStream} {
+		key := fmt.Sprintf("basebackups/b%d/base.tar.zst", i)
+		r := &failingReader{r: streamOf(uint64(40+i), bigStream), after: after, err: broken}
+		n, err := s.PutStream(t.Context(), key, r, streamMeta("broken"))
+		if err == nil {
+			t.Errorf("PutStream(%q) of a stream failing after %d bytes succeeded (%d bytes)", key, after, n)
+		} else if !errors.Is(err, broken) {
+			t.Errorf("PutStream(%q) of a stream failing after %d bytes: %v, want an error matching the reader's", key, after, err)
+		}
+		checkNotExist(t, s, key)
+	}
+	checkList(t, s, "", nil)
+
+	// The key stays usable.
+	const key = "basebackups/b2/base.tar.zst"
+	putStream(t, s, key, streamOf(49, 3000), nil)
+	checkStreamObject(t, s, key, 49, 3000, nil)
+}
+
+func testPutStreamCancelled(t *testing.T, s storage.Storage) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	const before = "basebackups/b1/base.tar.zst"
+	if _, err := s.PutStream(ctx, before, streamOf(50, 5000), nil); err == nil {
+		t.Errorf("PutStream(%q) with a cancelled context succeeded, want an error", before)
+	}
+	checkNotExist(t, s, before)
+
+	for i, at := range []int64{2000, midStream} {
+		key := fmt.Sprintf("basebackups/c%d/base.tar.zst", i)
+		ctx, cancel := context.WithCancel(t.Context())
+		r := &hookReader{r: streamOf(uint64(51+i), bigStream), at: at, hook: cancel}
+		_, err := s.PutStream(ctx, key, r, nil)
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("PutStream(%q) whose context was cancelled after %d bytes: %v, want an error matching context.Canceled", key, at, err)
+		}
+		checkNotExist(t, s, key)
+	}
+	checkList(t, s, "", nil)
+
+	putStream(t, s, before, streamOf(55, 3000), nil)
+	checkStreamObject(t, s, before, 55, 3000, nil)
+}
+
+func testConcurrentPutStream(t *testing.T, s storage.Storage) {
+	const writers = 6
+	const key = "basebackups/b1/base.tar.zst"
+	// Different sizes, so a mix of two streams cannot pass for one.
+	size := func(i int) int64 { return int64(64<<10 + i*1000) }
+	start := make(chan struct{})
+	errs := make([]error, writers)
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Go(func() {
+			<-start
+			_, errs[i] = s.PutStream(t.Context(), key, streamOf(uint64(60+i), size(i)), streamMeta(fmt.Sprint(i)))
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	winner := -1
+	var conflicts []int
+	for i, err := range errs {
+		switch {
+		case err == nil && winner < 0:
+			winner = i
+		case err == nil:
+			t.Errorf("PutStreams %d and %d of %q both succeeded; exactly one may", winner, i, key)
+		case errors.Is(err, storage.ErrExist):
+		case !storage.IsPermanent(err):
+			conflicts = append(conflicts, i)
+		default:
+			t.Errorf("losing PutStream %d of %q: %v, want an error matching storage.ErrExist", i, key, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatalf("none of %d concurrent PutStreams of %q succeeded: %v", writers, key, errors.Join(errs...))
+	}
+	for _, i := range conflicts {
+		if _, err := s.PutStream(t.Context(), key, streamOf(uint64(60+i), size(i)), nil); !errors.Is(err, storage.ErrExist) {
+			t.Errorf("PutStream %d of %q failed with a retryable error (%v), and its retry: %v, want an error matching storage.ErrExist", i, key, errs[i], err)
+		}
+	}
+	checkStreamObject(t, s, key, uint64(60+winner), size(winner), streamMeta(fmt.Sprint(winner)))
 }

@@ -1,0 +1,220 @@
+// Package basebackup owns base backups in the archive: taking them over a
+// replication connection (backup-push), listing them (backup-list) and
+// restoring them into a data directory (backup-fetch).
+//
+// Layout below the repository:
+//
+//	basebackups/<name>/base.tar<ext>           the data directory
+//	basebackups/<name>/<oid>.tar<ext>          one per tablespace
+//	basebackups/<name>/backup_manifest<ext>    the server's manifest
+//	basebackups/<name>/backup.json             metadata, written last
+//
+// A backup exists for backup-list and backup-fetch only once backup.json
+// is stored, and backup.json is written only after every other object of
+// the backup and the WAL segment the backup ends in are in the archive.
+// An interrupted backup therefore leaves objects nothing lists; they are
+// never reused (names are unique) and retention removes them.
+package basebackup
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/walship/walship/archive"
+	"github.com/walship/walship/storage"
+	"github.com/walship/walship/wal"
+)
+
+// Prefix is the key prefix of all base backups.
+const Prefix = "basebackups/"
+
+// metaName is the name of the metadata record inside a backup.
+const metaName = "backup.json"
+
+// ErrNotFound reports a backup name that is not in the archive.
+var ErrNotFound = errors.New("no such backup")
+
+// Backup is the metadata record of one completed base backup.
+type Backup struct {
+	Name         string         `json:"name"`
+	Timeline     wal.TimeLineID `json:"timeline"`
+	StopTimeline wal.TimeLineID `json:"stop_timeline"`
+	StartLSN     wal.LSN        `json:"start_lsn"`
+	StopLSN      wal.LSN        `json:"stop_lsn"`
+	StartWAL     string         `json:"start_wal"`
+	StopWAL      string         `json:"stop_wal"`
+	StartTime    time.Time      `json:"start_time"`
+	FinishTime   time.Time      `json:"finish_time"`
+	Size         int64          `json:"size"`        // bytes of the backup's files, uncompressed
+	StoredSize   int64          `json:"stored_size"` // bytes in the archive
+	PGVersion    int            `json:"pg_version"`  // server_version_num, e.g. 150018
+	SystemID     string         `json:"system_id"`   // decimal: JSON numbers lose 64-bit precision
+	SegmentSize  int64          `json:"segment_size"`
+	Codec        string         `json:"codec"`
+	Label        string         `json:"label"`
+	Tablespaces  []Tablespace   `json:"tablespaces"`
+	Files        []File         `json:"files"`
+	Manifest     *File          `json:"manifest,omitempty"`
+}
+
+// File is one stored object of a backup.
+type File struct {
+	Key           string `json:"key"` // below the backup's prefix, e.g. "base.tar.zst"
+	TablespaceOID uint32 `json:"tablespace_oid,omitempty"`
+	archive.Digest
+	StoredSize int64 `json:"stored_size"`
+}
+
+// MajorVersion is the PostgreSQL major version, e.g. 15.
+func (b Backup) MajorVersion() int { return b.PGVersion / 10000 }
+
+// prefix is the key prefix of the backup's objects.
+func (b Backup) prefix() string { return Prefix + b.Name + "/" }
+
+// ValidName reports whether name is a backup name walship would create,
+// so that names from the command line cannot reach outside basebackups/.
+func ValidName(name string) bool {
+	if name == "" || len(name) > 100 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// newName names a backup after the moment it starts, so names sort by
+// time and never repeat (the metadata record is written without
+// overwriting, which would catch a collision).
+func newName(t time.Time) string {
+	return "base_" + t.UTC().Format("20060102T150405Z")
+}
+
+// putMeta writes b's metadata record; it must come last.
+func putMeta(ctx context.Context, s storage.Storage, b Backup) error {
+	data, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	sum := sha256.Sum256(data)
+	meta := map[string]string{
+		archive.MetaSHA256: hex.EncodeToString(sum[:]),
+		archive.MetaSize:   strconv.Itoa(len(data)),
+	}
+	return s.Put(ctx, b.prefix()+metaName, bytes.NewReader(data), int64(len(data)), meta)
+}
+
+// Read returns the metadata of backup name.
+func Read(ctx context.Context, s storage.Storage, name string) (Backup, error) {
+	if !ValidName(name) {
+		return Backup{}, fmt.Errorf("%w: %q is not a backup name (see walship backup-list)", ErrNotFound, name)
+	}
+	key := Prefix + name + "/" + metaName
+	rc, info, err := s.Get(ctx, key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return Backup{}, fmt.Errorf("%w: %s (see walship backup-list)", ErrNotFound, name)
+	}
+	if err != nil {
+		return Backup{}, err
+	}
+	defer rc.Close()
+	vr, err := archive.NewVerifyingReader(info, archive.MarkReadErrors(rc))
+	if err != nil {
+		return Backup{}, err
+	}
+	data, err := io.ReadAll(io.LimitReader(vr, 16<<20))
+	if err != nil {
+		return Backup{}, err
+	}
+	var b Backup
+	if err := json.Unmarshal(data, &b); err != nil {
+		return Backup{}, fmt.Errorf("%w: %s: %v", archive.ErrCorrupt, key, err)
+	}
+	if b.Name != name {
+		return Backup{}, fmt.Errorf("%w: %s describes backup %q", archive.ErrCorrupt, key, b.Name)
+	}
+	return b, nil
+}
+
+// List returns the completed backups, oldest first. Objects of backups
+// without a metadata record (interrupted ones) are not listed.
+func List(ctx context.Context, s storage.Storage) ([]Backup, error) {
+	var names []string
+	err := s.List(ctx, Prefix, func(o storage.ObjectInfo) error {
+		rest := strings.TrimPrefix(o.Key, Prefix)
+		if name, ok := strings.CutSuffix(rest, "/"+metaName); ok && ValidName(name) {
+			names = append(names, name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list backups in %s: %w", s, err)
+	}
+	backups := make([]Backup, 0, len(names))
+	for _, name := range names {
+		b, err := Read(ctx, s, name)
+		if err != nil {
+			return nil, err
+		}
+		backups = append(backups, b)
+	}
+	sort.Slice(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
+	return backups, nil
+}
+
+// Target is a recovery target a backup must end before.
+type Target struct {
+	Time time.Time // zero: none
+	LSN  wal.LSN   // zero: none
+}
+
+// Choose resolves NAME or LATEST. With a target, LATEST is the newest
+// backup that ends before the target; a named backup that ends after the
+// target is refused, since recovery cannot stop before a backup's end.
+func Choose(ctx context.Context, s storage.Storage, name string, t Target) (Backup, error) {
+	if name != "LATEST" {
+		b, err := Read(ctx, s, name)
+		if err != nil {
+			return Backup{}, err
+		}
+		return b, t.check(b)
+	}
+	backups, err := List(ctx, s)
+	if err != nil {
+		return Backup{}, err
+	}
+	for i := len(backups) - 1; i >= 0; i-- {
+		if t.check(backups[i]) == nil {
+			return backups[i], nil
+		}
+	}
+	if len(backups) == 0 {
+		return Backup{}, fmt.Errorf("%w: the archive %s has no completed backup: run walship backup-push first", ErrNotFound, s)
+	}
+	return Backup{}, fmt.Errorf("%w: every backup in %s ends after the recovery target; the oldest, %s, ends at %s (%s)",
+		ErrNotFound, s, backups[0].Name, backups[0].StopLSN, backups[0].FinishTime.Format(time.RFC3339))
+}
+
+func (t Target) check(b Backup) error {
+	if !t.Time.IsZero() && t.Time.Before(b.FinishTime) {
+		return fmt.Errorf("backup %s ends at %s, after the recovery target time %s: choose an older backup (or LATEST)",
+			b.Name, b.FinishTime.Format(time.RFC3339), t.Time.Format(time.RFC3339))
+	}
+	if t.LSN != 0 && t.LSN < b.StopLSN {
+		return fmt.Errorf("backup %s ends at LSN %s, after the recovery target LSN %s: choose an older backup (or LATEST)", b.Name, b.StopLSN, t.LSN)
+	}
+	return nil
+}

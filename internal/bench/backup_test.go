@@ -1,0 +1,104 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/walship/walship/internal/pgtest"
+	"github.com/walship/walship/internal/s3test"
+)
+
+// TestBenchBackup times backup-push and backup-fetch of a pgbench database
+// of about 1 GB against pg_basebackup -Ft and -Fp of the same database in
+// the same run. Scale with WALSHIP_BENCH_SCALE (pgbench scale, default 70).
+func TestBenchBackup(t *testing.T) {
+	if os.Getenv("WALSHIP_BENCH") == "" {
+		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
+	}
+	scale := 70
+	if v, err := strconv.Atoi(os.Getenv("WALSHIP_BENCH_SCALE")); err == nil && v > 0 {
+		scale = v
+	}
+	bin := buildWalship(t)
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	archiveDir := pgtest.NewDir(t, "archive")
+	fileEnv := []string{"WALSHIP_REPO=file://" + archiveDir}
+	s3Env := append(srv.Env(), "WALSHIP_REPO=s3://"+bucket+"/bench", "WALSHIP_S3_PATH_STYLE=true", "AWS_EC2_METADATA_DISABLED=true")
+
+	// The primary archives into the file archive; the S3 archive gets its
+	// identity from backup-push and its WAL is not needed for timing.
+	c := pgtest.Start(t, pgtest.Options{
+		Conf: map[string]string{"archive_mode": "on", "archive_command": bin + " wal-push %p", "max_wal_size": "4GB"},
+		Env:  fileEnv,
+	})
+	c.Pgbench(t, "-i", "-s", strconv.Itoa(scale), "-q")
+	c.Psql(t, "CHECKPOINT")
+	size, _ := strconv.ParseInt(c.Psql(t, "SELECT sum(pg_database_size(oid)) FROM pg_database"), 10, 64)
+	t.Logf("databases: %d MB", size>>20)
+	conn := fmt.Sprintf("host=127.0.0.1 port=%d user=postgres", c.Port())
+	switchWAL := func() { c.Psql(t, "SELECT pg_switch_wal()") }
+
+	var rows []backupRow
+	timeIt := func(what string, cmd *exec.Cmd) time.Duration {
+		t.Helper()
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, out)
+		}
+		return time.Since(start)
+	}
+	for _, format := range []string{"t", "p"} {
+		dir := filepath.Join(pgtest.NewDir(t, "pgbb"), "out")
+		cmd := exec.Command(pgtest.ClientBin("pg_basebackup"), "-h", "127.0.0.1", "-p", strconv.Itoa(c.Port()), "-U", "postgres",
+			"-D", dir, "-F"+format, "-X", "none", "-c", "fast")
+		c.RunAsServerUser(cmd)
+		d := timeIt("pg_basebackup -F"+format, cmd)
+		rows = append(rows, backupRow{what: "pg_basebackup -F" + format + " -X none (baseline)", archive: "local", d: d, bytes: size})
+	}
+	for _, a := range []struct {
+		name string
+		env  []string
+	}{{"file", fileEnv}, {"s3", s3Env}} {
+		push := exec.Command(bin, "backup-push", "--pg", conn)
+		push.Env = append(os.Environ(), a.env...)
+		done := make(chan struct{})
+		go func() { // the backup's last segment must be archived
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(time.Second):
+					switchWAL()
+				}
+			}
+		}()
+		d := timeIt("backup-push "+a.name, push)
+		close(done)
+		rows = append(rows, backupRow{what: "walship backup-push (zstd)", archive: a.name, d: d, bytes: size})
+
+		dest := filepath.Join(pgtest.NewDir(t, "restore"), "data")
+		fetch := exec.Command(bin, "backup-fetch", "LATEST", dest)
+		fetch.Env = append(os.Environ(), a.env...)
+		d = timeIt("backup-fetch "+a.name, fetch)
+		rows = append(rows, backupRow{what: "walship backup-fetch", archive: a.name, d: d, bytes: size})
+		os.RemoveAll(dest)
+	}
+	base := rows[0].d
+	fmt.Printf("\nbase backup of %d MB (pgbench scale %d)\n", size>>20, scale)
+	fmt.Printf("%-42s %-8s %10s %8s %12s\n", "operation", "archive", "seconds", "MB/s", "time vs -Ft")
+	for _, r := range rows {
+		fmt.Printf("%-42s %-8s %10.1f %8.0f %11.2fx\n", r.what, r.archive, r.d.Seconds(), float64(r.bytes)/(1<<20)/r.d.Seconds(), float64(r.d)/float64(base))
+	}
+}
+
+type backupRow struct {
+	what, archive string
+	d             time.Duration
+	bytes         int64
+}

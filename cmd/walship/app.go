@@ -68,6 +68,10 @@ on a server recovering from the archive (recovery.signal or standby.signal):
 
    restore_command = 'walship --config /etc/walship.conf wal-fetch %f %p'
 
+Base backups come from "walship backup-push" (cron); "walship backup-fetch"
+turns one into a disaster-recovery restore, a point-in-time recovery or a
+new standby, recovery settings included.
+
 Every setting can also come from the environment (WALSHIP_REPO,
 WALSHIP_COMPRESS, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, …).
 Command-line flags win over the environment, which wins over the config

@@ -31,11 +31,12 @@ func TestBenchBackup(t *testing.T) {
 	fileEnv := []string{"WALSHIP_REPO=file://" + archiveDir}
 	s3Env := append(srv.Env(), "WALSHIP_REPO=s3://"+bucket+"/bench", "WALSHIP_S3_PATH_STYLE=true", "AWS_EC2_METADATA_DISABLED=true")
 
-	// The primary archives into the file archive; the S3 archive gets its
-	// identity from backup-push and its WAL is not needed for timing.
+	// The primary archives into both archives: a backup is complete only
+	// once its last WAL segment is in its archive.
+	toS3 := fmt.Sprintf("%s --repo s3://%s/bench --s3-endpoint %s --s3-path-style wal-push %%p", bin, bucket, srv.Endpoint())
 	c := pgtest.Start(t, pgtest.Options{
-		Conf: map[string]string{"archive_mode": "on", "archive_command": bin + " wal-push %p", "max_wal_size": "4GB"},
-		Env:  fileEnv,
+		Conf: map[string]string{"archive_mode": "on", "archive_command": bin + " wal-push %p && " + toS3, "max_wal_size": "4GB"},
+		Env:  append(fileEnv, append(srv.Env(), "AWS_EC2_METADATA_DISABLED=true")...),
 	})
 	c.Pgbench(t, "-i", "-s", strconv.Itoa(scale), "-q")
 	c.Psql(t, "CHECKPOINT")

@@ -209,10 +209,10 @@ func sameFile(t *testing.T, a, b string) bool {
 	return bytes.Equal(x, y)
 }
 
+// buildWalship builds the binary where the PostgreSQL server user can run
+// it (archive_command).
 func buildWalship(t *testing.T) string {
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	bin := filepath.Join(dir, "walship")
+	bin := filepath.Join(pgtest.NewDir(t, "bin"), "walship")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/walship/walship/cmd/walship").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build walship: %v\n%s", err, out)

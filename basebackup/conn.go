@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walship/walship/wal"
@@ -26,6 +27,11 @@ func Connect(ctx context.Context, conninfo string) (*pgconn.PgConn, error) {
 		return nil, fmt.Errorf("invalid PostgreSQL connection settings: %w", err)
 	}
 	cfg.RuntimeParams["replication"] = "true"
+	if cfg.ConnectTimeout == 0 {
+		// A server that does not answer must not hang a cron job; libpq's
+		// connect_timeout (or PGCONNECT_TIMEOUT) overrides this.
+		cfg.ConnectTimeout = 30 * time.Second
+	}
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "walship"
 	}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: a throwaway PostgreSQL primary archives its WAL through
-# `walship wal-push` into ./demo/archive while pgbench writes; a copy taken
-# with pg_basebackup -X none recovers purely from that archive through
-# `walship wal-fetch`; the copy's tables must equal the primary's.
+# `walship wal-push` into ./demo/archive while pgbench writes; `walship
+# backup-push` takes a base backup into the same archive; `walship
+# backup-fetch` restores it into a new directory, recovery settings
+# included, and the copy replays the archive through `walship wal-fetch`;
+# its tables must equal the primary's.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -91,9 +93,10 @@ archive_command = '$work/walship --repo file://$archive wal-push %p'
 CONF
 start_pg "$work/primary"
 
-say "pgbench -i -s 10, then a base copy with pg_basebackup -X none (no WAL in it)"
+say "pgbench -i -s 10, then walship backup-push into the archive"
 "$pgbin/pgbench" -h 127.0.0.1 -p "$port1" -U postgres -i -s 10 -q postgres 2>/dev/null
-as_pg "$pgbin/pg_basebackup" -h 127.0.0.1 -p "$port1" -U postgres -D "$work/copy" -X none -c fast
+backup=$(as_pg "$work/walship" --repo "file://$archive" --log-level warn backup-push --pg "host=127.0.0.1 port=$port1 user=postgres")
+as_pg "$work/walship" --repo "file://$archive" backup-list | sed 's/^/      /'
 
 say "pgbench for 15 s while the archiver ships WAL"
 "$pgbin/pgbench" -h 127.0.0.1 -p "$port1" -U postgres -T 15 -c 4 -j 2 postgres 2>/dev/null | grep -E '^(number of transactions actually processed|tps)' | sed 's/^/      /'
@@ -112,14 +115,13 @@ raw=$((segments * 16))
 stored=$(du -sm "$archive/wal" | cut -f1)
 say "archive: $segments segments ($raw MB of WAL) stored in $stored MB"
 
-say "recovery: copy with recovery.signal, restore_command = 'walship wal-fetch %f %p'"
-cat >>"$work/copy/postgresql.auto.conf" <<CONF
+say "disaster recovery: walship backup-fetch $backup, then start PostgreSQL on the copy"
+as_pg "$work/walship" --repo "file://$archive" --log-level warn backup-fetch --verify "$backup" "$work/copy"
+grep -A3 'walship backup-fetch' "$work/copy/postgresql.auto.conf" | grep restore_command | sed 's/^/      /'
+cat >>"$work/copy/postgresql.conf" <<CONF
 port = $port2
 archive_mode = off
-restore_command = '$work/walship --repo file://$archive wal-fetch %f %p'
-recovery_target_action = 'promote'
 CONF
-as_pg touch "$work/copy/recovery.signal"
 start_pg "$work/copy"
 for _ in $(seq 1200); do
 	[ "$(psql2 -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break

@@ -109,6 +109,7 @@ func newApp(stdout, stderr io.Writer) *app {
 		Commands: []*cli.Command{
 			a.walPushCommand(),
 			a.walFetchCommand(),
+			a.walCleanupCommand(),
 			a.backupPushCommand(),
 			a.backupListCommand(),
 			a.backupFetchCommand(),

@@ -53,6 +53,7 @@ its parent when DIR is created).`,
 			&cli.BoolFlag{Name: "standby", Usage: "set up a standby (standby.signal) instead of a one-time recovery"},
 			&cli.StringFlag{Name: "primary-conninfo", Usage: "stream from this primary (`CONNINFO`, no password: use ~/.pgpass); implies --standby"},
 			&cli.StringFlag{Name: "primary-slot", Usage: "replication `SLOT` on the primary"},
+			&cli.BoolFlag{Name: "archive-cleanup", Usage: "with --standby: archive_cleanup_command = 'walship wal-cleanup %r' (prunes WAL no standby restartpoint or base backup needs)"},
 			&cli.StringFlag{Name: "target-time", Usage: "recover to this `TIME`, with its zone offset, e.g. '2026-11-22 03:00:00+00'"},
 			&cli.StringFlag{Name: "target-lsn", Usage: "recover to this `LSN`"},
 			&cli.StringFlag{Name: "target-name", Usage: "recover to this restore point `NAME`"},
@@ -82,7 +83,14 @@ func (a *app) backupFetch(c *cli.Context) error {
 	}
 	rs, target, err := recoverySettings(c)
 	if err == nil {
-		rs.RestoreCommand, err = a.restoreCommand(c)
+		rs.RestoreCommand, err = a.hookCommand(c, "wal-fetch", "%f", "%p")
+	}
+	if err == nil && c.Bool("archive-cleanup") {
+		if !rs.Standby {
+			err = errors.New("--archive-cleanup needs --standby: only a standby runs archive_cleanup_command")
+		} else {
+			rs.ArchiveCleanupCommand, err = a.hookCommand(c, "wal-cleanup", "%r")
+		}
 	}
 	if err == nil {
 		err = rs.Validate()
@@ -197,9 +205,10 @@ func tablespaceMap(pairs []string) (map[string]string, error) {
 	return m, nil
 }
 
-// restoreCommand is the restore_command for a restored server: this
-// binary with the repository settings of this run, never credentials.
-func (a *app) restoreCommand(c *cli.Context) (string, error) {
+// hookCommand is a command line for a restored server's hooks
+// (restore_command, archive_cleanup_command): this binary with the
+// repository settings of this run, never credentials.
+func (a *app) hookCommand(c *cli.Context, command string, hookArgs ...string) (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("find the walship binary for restore_command: %w", err)
@@ -225,7 +234,7 @@ func (a *app) restoreCommand(c *cli.Context) (string, error) {
 	if c.IsSet(flagCacheDir) {
 		add(flagCacheDir, c.String(flagCacheDir))
 	}
-	return strings.Join(append(parts, "wal-fetch", "%f", "%p"), " "), nil
+	return strings.Join(append(append(parts, command), hookArgs...), " "), nil
 }
 
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@+,-]+$`)

@@ -37,18 +37,9 @@ var ErrBadOldest = errors.New("invalid file name argument")
 
 const segLen = 24
 
-func isHex24(s string) bool {
-	if len(s) != segLen {
-		return false
-	}
-	for i := 0; i < segLen; i++ {
-		c := s[i]
-		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
-			return false
-		}
-	}
-	return true
-}
+// isHex24 is pg_archivecleanup's test for a segment name: 24 upper-case
+// hex digits.
+func isHex24(s string) bool { return len(s) == segLen && isHex(s) }
 
 func isSegment(s string) bool { return isHex24(s) }
 

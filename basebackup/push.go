@@ -30,7 +30,6 @@ type PushOptions struct {
 	WALTimeout time.Duration
 	Progress   progress.Reporter
 	Logger     *slog.Logger
-	now        func() time.Time // tests
 }
 
 // ErrWALTimeout reports that the WAL a backup needs did not reach the
@@ -41,10 +40,7 @@ var ErrWALTimeout = errors.New("WAL needed by the backup is not in the archive")
 // its metadata. It works against a primary or a standby. The backup is
 // visible only when Push returns nil.
 func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error) {
-	now := o.now
-	if now == nil {
-		now = time.Now
-	}
+	now := time.Now
 	rep := progress.Or(o.Progress)
 	conn, err := Connect(ctx, o.ConnInfo)
 	if err != nil {

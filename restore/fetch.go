@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -35,7 +34,6 @@ type FetchOptions struct {
 	Repo     string      // the repository URL, for the identity cache
 	CacheDir string      // where the archive identity is cached; "" disables the cache
 	Retry    storage.RetryOptions
-	Logger   *slog.Logger
 }
 
 // FetchResult describes a completed fetch.

@@ -116,7 +116,6 @@ func (a *app) backupFetch(c *cli.Context) error {
 		Parallel:      c.Int("parallel"),
 		Verify:        c.Bool("verify"),
 		Progress:      a.newReporter(),
-		Logger:        a.log,
 	})
 	if err != nil {
 		return fmt.Errorf("backup-fetch: %w", err)

@@ -59,7 +59,6 @@ func (a *app) walFetch(c *cli.Context) error {
 		Repo:     c.String(flagRepo),
 		CacheDir: cacheDir(c),
 		Retry:    retryOptions(c, a.log),
-		Logger:   a.log,
 	})
 	switch {
 	case errors.Is(err, restore.ErrBadName):

@@ -6,14 +6,17 @@
 //
 //	basebackups/<name>/base.tar<ext>           the data directory
 //	basebackups/<name>/<oid>.tar<ext>          one per tablespace
+//	basebackups/<name>/started.json            where the backup starts, written first
 //	basebackups/<name>/backup_manifest<ext>    the server's manifest
 //	basebackups/<name>/backup.json             metadata, written last
+//	basebackups/<name>/permanent               present: retention keeps the backup
 //
 // A backup exists for backup-list and backup-fetch only once backup.json
 // is stored, and backup.json is written only after every other object of
 // the backup and the WAL segment the backup ends in are in the archive.
 // An interrupted backup therefore leaves objects nothing lists; they are
-// never reused (names are unique) and retention removes them.
+// never reused (names are unique) and retention removes them. started.json
+// lets retention keep the WAL a backup that is still running will need.
 package basebackup
 
 import (
@@ -38,8 +41,12 @@ import (
 // Prefix is the key prefix of all base backups.
 const Prefix = "basebackups/"
 
-// metaName is the name of the metadata record inside a backup.
-const metaName = "backup.json"
+// Names of the records inside a backup's prefix.
+const (
+	metaName      = "backup.json"  // the metadata record, written last
+	startedName   = "started.json" // the start position, written first
+	permanentName = "permanent"    // the permanent mark
+)
 
 // ErrNotFound reports a backup name that is not in the archive.
 var ErrNotFound = errors.New("no such backup")
@@ -65,6 +72,9 @@ type Backup struct {
 	Tablespaces  []Tablespace   `json:"tablespaces"`
 	Files        []File         `json:"files"`
 	Manifest     *File          `json:"manifest,omitempty"`
+	// Permanent is set by List from the backup's permanent mark, which
+	// is a separate object: backup.json is never rewritten.
+	Permanent bool `json:"permanent,omitempty"`
 }
 
 // File is one stored object of a backup.
@@ -104,6 +114,11 @@ func newName(t time.Time) string {
 
 // putMeta writes b's metadata record; it must come last.
 func putMeta(ctx context.Context, s storage.Storage, b Backup) error {
+	return putRecord(ctx, s, b.prefix()+metaName, b)
+}
+
+// putRecord stores b as checksummed JSON under key.
+func putRecord(ctx context.Context, s storage.Storage, key string, b Backup) error {
 	data, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {
 		return err
@@ -114,7 +129,7 @@ func putMeta(ctx context.Context, s storage.Storage, b Backup) error {
 		archive.MetaSHA256: hex.EncodeToString(sum[:]),
 		archive.MetaSize:   strconv.Itoa(len(data)),
 	}
-	return s.Put(ctx, b.prefix()+metaName, bytes.NewReader(data), int64(len(data)), meta)
+	return s.Put(ctx, key, bytes.NewReader(data), int64(len(data)), meta)
 }
 
 // Read returns the metadata of backup name.
@@ -122,11 +137,25 @@ func Read(ctx context.Context, s storage.Storage, name string) (Backup, error) {
 	if !ValidName(name) {
 		return Backup{}, fmt.Errorf("%w: %q is not a backup name (see walship backup-list)", ErrNotFound, name)
 	}
-	key := Prefix + name + "/" + metaName
-	rc, info, err := s.Get(ctx, key)
+	b, err := readRecord(ctx, s, name, metaName)
 	if errors.Is(err, storage.ErrNotExist) {
 		return Backup{}, fmt.Errorf("%w: %s (see walship backup-list)", ErrNotFound, name)
 	}
+	if err != nil {
+		return Backup{}, err
+	}
+	if _, err := s.Stat(ctx, Prefix+name+"/"+permanentName); err == nil {
+		b.Permanent = true
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		return Backup{}, err
+	}
+	return b, nil
+}
+
+// readRecord reads and checks the JSON record called record of backup name.
+func readRecord(ctx context.Context, s storage.Storage, name, record string) (Backup, error) {
+	key := Prefix + name + "/" + record
+	rc, info, err := s.Get(ctx, key)
 	if err != nil {
 		return Backup{}, err
 	}
@@ -152,27 +181,116 @@ func Read(ctx context.Context, s storage.Storage, name string) (Backup, error) {
 // List returns the completed backups, oldest first. Objects of backups
 // without a metadata record (interrupted ones) are not listed.
 func List(ctx context.Context, s storage.Storage) ([]Backup, error) {
+	inv, err := Scan(ctx, s)
+	return inv.Backups, err
+}
+
+// Inventory is everything stored below Prefix, from one listing.
+type Inventory struct {
+	Backups    []Backup            // completed backups, oldest first
+	Keys       map[string][]string // every key of each completed backup, by name
+	Incomplete []Incomplete        // prefixes without a metadata record, by name
+}
+
+// Incomplete is a backup without a metadata record: a backup-push that is
+// still running, one that was interrupted, or one whose deletion was.
+type Incomplete struct {
+	Name string
+	// Started is the backup's start record (Name, Timeline, StartLSN,
+	// StartWAL, StartTime), nil when there is none.
+	Started *Backup
+	Keys    []string
+	Newest  time.Time // the newest object's modification time
+}
+
+// Scan lists every base backup, complete or not, reading each metadata
+// and start record.
+func Scan(ctx context.Context, s storage.Storage) (Inventory, error) {
+	type entry struct {
+		keys                []string
+		meta, started, perm bool
+		newest              time.Time
+	}
+	entries := map[string]*entry{}
 	var names []string
 	err := s.List(ctx, Prefix, func(o storage.ObjectInfo) error {
-		rest := strings.TrimPrefix(o.Key, Prefix)
-		if name, ok := strings.CutSuffix(rest, "/"+metaName); ok && ValidName(name) {
+		name, file, ok := strings.Cut(strings.TrimPrefix(o.Key, Prefix), "/")
+		if !ok || !ValidName(name) {
+			return nil // not walship's: left alone
+		}
+		e := entries[name]
+		if e == nil {
+			e = &entry{}
+			entries[name] = e
 			names = append(names, name)
+		}
+		e.keys = append(e.keys, o.Key)
+		e.meta = e.meta || file == metaName
+		e.started = e.started || file == startedName
+		e.perm = e.perm || file == permanentName
+		if o.ModTime.After(e.newest) {
+			e.newest = o.ModTime
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list backups in %s: %w", s, err)
+		return Inventory{}, fmt.Errorf("list backups in %s: %w", s, err)
 	}
-	backups := make([]Backup, 0, len(names))
+	inv := Inventory{Keys: map[string][]string{}}
 	for _, name := range names {
-		b, err := Read(ctx, s, name)
-		if err != nil {
-			return nil, err
+		e := entries[name]
+		if !e.meta {
+			in := Incomplete{Name: name, Keys: e.keys, Newest: e.newest}
+			if e.started {
+				b, err := readRecord(ctx, s, name, startedName)
+				if err != nil && !errors.Is(err, storage.ErrNotExist) {
+					return Inventory{}, err
+				}
+				if err == nil {
+					in.Started = &b
+				}
+			}
+			inv.Incomplete = append(inv.Incomplete, in)
+			continue
 		}
-		backups = append(backups, b)
+		b, err := readRecord(ctx, s, name, metaName)
+		if errors.Is(err, storage.ErrNotExist) {
+			continue // deleted since the listing
+		}
+		if err != nil {
+			return Inventory{}, err
+		}
+		b.Permanent = e.perm
+		inv.Backups = append(inv.Backups, b)
+		inv.Keys[name] = e.keys
 	}
-	sort.Slice(backups, func(i, j int) bool { return backups[i].StartTime.Before(backups[j].StartTime) })
-	return backups, nil
+	sort.Slice(inv.Backups, func(i, j int) bool { return inv.Backups[i].StartTime.Before(inv.Backups[j].StartTime) })
+	return inv, nil
+}
+
+// MarkPermanent sets (permanent true) or removes the permanent mark of
+// backup name. Retention never deletes a permanent backup, nor the WAL it
+// needs.
+func MarkPermanent(ctx context.Context, s storage.Storage, name string, permanent bool) error {
+	b, err := Read(ctx, s, name)
+	if err != nil {
+		return err
+	}
+	key := b.prefix() + permanentName
+	if !permanent {
+		return s.Delete(ctx, key)
+	}
+	data := []byte("kept by walship backup-mark; remove with walship backup-mark --release " + name + "\n")
+	sum := sha256.Sum256(data)
+	meta := map[string]string{
+		archive.MetaSHA256: hex.EncodeToString(sum[:]),
+		archive.MetaSize:   strconv.Itoa(len(data)),
+	}
+	err = s.Put(ctx, key, bytes.NewReader(data), int64(len(data)), meta)
+	if errors.Is(err, storage.ErrExist) {
+		return nil
+	}
+	return err
 }
 
 // Target is a recovery target a backup must end before.

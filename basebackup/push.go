@@ -109,6 +109,16 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 		Label: b.Label, Fast: true, Progress: true, Manifest: true, Wait: false,
 	}, Handler{
 		Started: func(st Start) error {
+			// Retention reads the start record to keep the WAL this
+			// backup needs while it runs.
+			started := b
+			started.Timeline, started.StartLSN = st.Timeline, st.LSN
+			started.StartWAL = wal.SegmentFileName(st.Timeline, wal.LSNToSegNo(st.LSN, b.SegmentSize), b.SegmentSize)
+			key := b.prefix() + startedName
+			if err := putRecord(ctx, s, key, started); err != nil {
+				return fmt.Errorf("store %s: %w", key, err)
+			}
+			stored = append(stored, key)
 			for _, ts := range st.Tablespaces {
 				if ts.Size > 0 {
 					total += ts.Size

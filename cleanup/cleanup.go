@@ -11,8 +11,8 @@
 // 8-character timeline) sort before OLDEST's. Timeline history files are
 // never removed.
 //
-// On a walship archive, WAL that a completed base backup needs is kept
-// whatever OLDEST says, so a standby's archive_cleanup_command cannot make
+// On a walship archive, WAL that a completed base backup, or one still
+// being taken, needs is kept whatever OLDEST says, so a standby's archive_cleanup_command cannot make
 // the archive's backups unrestorable.
 package cleanup
 
@@ -25,6 +25,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/basebackup"
@@ -136,9 +137,16 @@ func Archive(ctx context.Context, s storage.Storage, oldestArg string, o Archive
 	if err != nil {
 		return nil, err
 	}
-	backups, err := basebackup.List(ctx, s)
+	inv, err := basebackup.Scan(ctx, s)
 	if err != nil {
 		return nil, err
+	}
+	backups := inv.Backups
+	for _, in := range inv.Incomplete {
+		// A backup-push still running needs its WAL as much.
+		if in.Started != nil && time.Since(in.Started.StartTime) < StaleAfter {
+			backups = append(backups, *in.Started)
+		}
 	}
 	cutoff := oldest
 	for _, b := range backups {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: a throwaway PostgreSQL primary archives its WAL through
 # `walship wal-push` into ./demo/archive while pgbench writes; `walship
-# backup-push` takes a base backup into the same archive; `walship
-# backup-fetch` restores it into a new directory, recovery settings
+# backup-push` takes two base backups into the same archive; `walship
+# backup-delete` drops the older one and the WAL only it needed, `walship
+# wal-verify` checks nothing is missing; `walship
+# backup-fetch` restores the newer into a new directory, recovery settings
 # included, and the copy replays the archive through `walship wal-fetch`;
 # its tables must equal the primary's.
 set -euo pipefail
@@ -100,6 +102,9 @@ as_pg "$work/walship" --repo "file://$archive" backup-list | sed 's/^/      /'
 
 say "pgbench for 15 s while the archiver ships WAL"
 "$pgbin/pgbench" -h 127.0.0.1 -p "$port1" -U postgres -T 15 -c 4 -j 2 postgres 2>/dev/null | grep -E '^(number of transactions actually processed|tps)' | sed 's/^/      /'
+say "a second backup, then 5 s more of pgbench"
+backup=$(as_pg "$work/walship" --repo "file://$archive" --log-level warn backup-push --pg "host=127.0.0.1 port=$port1 user=postgres")
+"$pgbin/pgbench" -h 127.0.0.1 -p "$port1" -U postgres -T 5 -c 4 -j 2 postgres >/dev/null 2>&1
 want=$(checksum "$port1")
 last=$(psql1 -c "SELECT pg_walfile_name(pg_switch_wal())")
 for _ in $(seq 600); do
@@ -114,6 +119,10 @@ segments=$(find "$archive/wal" -name '????????????????????????.zst' | wc -l)
 raw=$((segments * 16))
 stored=$(du -sm "$archive/wal" | cut -f1)
 say "archive: $segments segments ($raw MB of WAL) stored in $stored MB"
+
+say "retention: walship backup-delete --retain-full 1 --confirm, then walship wal-verify"
+as_pg "$work/walship" --repo "file://$archive" --log-level warn backup-delete --retain-full 1 --confirm | sed 's/^/      /'
+as_pg "$work/walship" --repo "file://$archive" wal-verify | sed 's/^/      /'
 
 say "disaster recovery: walship backup-fetch $backup, then start PostgreSQL on the copy"
 as_pg "$work/walship" --repo "file://$archive" --log-level warn backup-fetch --verify "$backup" "$work/copy"

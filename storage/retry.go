@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -182,6 +183,14 @@ func plural(n int) string {
 //     (RetryOptionsFromContext). A stalled stream is the backend's to
 //     detect: the S3 backend's stall timeout covers every request; the
 //     file backend has no network to stall on.
+//   - The result is always a BatchDeleter. When s is one too, each
+//     DeleteBatch goes through Retry: deleting is idempotent, so a batch
+//     that failed as a whole is sent again whole; when only some keys
+//     failed, only those that failed transiently are sent again, and keys
+//     that failed permanently (access denied, object lock) come back in the
+//     *DeleteError, with any still failing once the attempts ran out. When
+//     s is not, DeleteBatch calls the retried Delete for each key, 16 at a
+//     time, and stops at the first key that fails.
 func WithRetry(s Storage, o RetryOptions) Storage {
 	return &retrying{s: s, o: o}
 }
@@ -190,6 +199,8 @@ type retrying struct {
 	s Storage
 	o RetryOptions
 }
+
+var _ BatchDeleter = (*retrying)(nil)
 
 func (r *retrying) String() string { return r.s.String() }
 
@@ -289,4 +300,80 @@ func (r *retrying) Delete(ctx context.Context, key string) error {
 	return Retry(ctx, r.o, "delete "+key, func(ctx context.Context) error {
 		return r.s.Delete(ctx, key)
 	})
+}
+
+func (r *retrying) DeleteBatch(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	bd, ok := r.s.(BatchDeleter)
+	if !ok {
+		return deleteEach(ctx, r, keys, nil)
+	}
+	what := "delete " + keys[0]
+	if len(keys) > 1 {
+		what = fmt.Sprintf("delete %s and %d more", keys[0], len(keys)-1)
+	}
+	var (
+		pending  = keys
+		failed   []KeyError   // permanently
+		last     *DeleteError // the transient failures of the latest attempt
+		attempts int
+	)
+	err := Retry(ctx, r.o, what, func(ctx context.Context) error {
+		attempts++
+		last = nil
+		err := bd.DeleteBatch(ctx, pending)
+		var de *DeleteError
+		if !errors.As(err, &de) {
+			return err
+		}
+		var again []KeyError
+		for _, f := range de.Failed {
+			if IsPermanent(f.Err) {
+				failed = append(failed, f)
+			} else {
+				again = append(again, f)
+			}
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		pending = make([]string, len(again))
+		for i, f := range again {
+			pending[i] = f.Key
+		}
+		last = &DeleteError{Failed: again}
+		return last
+	})
+	switch {
+	case last != nil:
+		// The attempts ran out, or ctx ended, with keys failing
+		// transiently: say so with each of them.
+		for _, f := range last.Failed {
+			if ctx.Err() != nil {
+				f.Err = fmt.Errorf("%w; stopped after %d %s: %w", f.Err, attempts, plural(attempts), context.Cause(ctx))
+			} else {
+				f.Err = fmt.Errorf("%w; gave up after %d %s", f.Err, attempts, plural(attempts))
+			}
+			failed = append(failed, f)
+		}
+	case err != nil && len(failed) > 0:
+		// The batch failed as a whole after keys had failed on their
+		// own: none of the keys still pending is known to be removed.
+		for _, k := range pending {
+			failed = append(failed, KeyError{Key: k, Err: err})
+		}
+	case err != nil:
+		return err
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	order := make(map[string]int, len(keys))
+	for i, k := range keys {
+		order[k] = i
+	}
+	slices.SortStableFunc(failed, func(a, b KeyError) int { return order[a.Key] - order[b.Key] })
+	return &DeleteError{Failed: failed}
 }

@@ -70,7 +70,9 @@ on a server recovering from the archive (recovery.signal or standby.signal):
 
 Base backups come from "walship backup-push" (cron); "walship backup-fetch"
 turns one into a disaster-recovery restore, a point-in-time recovery or a
-new standby, recovery settings included.
+new standby, recovery settings included; "walship backup-delete" applies
+retention (dry run unless --confirm) and "walship wal-verify" checks the
+archive for gaps.
 
 Every setting can also come from the environment (WALSHIP_REPO,
 WALSHIP_COMPRESS, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, …).
@@ -114,6 +116,8 @@ func newApp(stdout, stderr io.Writer) *app {
 			a.backupPushCommand(),
 			a.backupListCommand(),
 			a.backupFetchCommand(),
+			a.backupDeleteCommand(),
+			a.backupMarkCommand(),
 		},
 	}
 	return a

@@ -179,17 +179,21 @@ var zoneSuffix = regexp.MustCompile(`(Z|[+-]\d\d(:?\d\d)?)$`)
 // parseTargetTime accepts the timestamp forms PostgreSQL does, but only
 // with an explicit zone: the server would read a bare time in its own
 // TimeZone, which is easy to get wrong at 3 a.m.
-func parseTargetTime(s string) (time.Time, error) {
+func parseTargetTime(s string) (time.Time, error) { return parseZonedTime("--target-time", s) }
+
+// parseZonedTime parses a time given to flag, which must carry its zone:
+// a time without one would mean different moments on different hosts.
+func parseZonedTime(flag, s string) (time.Time, error) {
 	v := strings.TrimSpace(s)
 	if !zoneSuffix.MatchString(v) {
-		return time.Time{}, fmt.Errorf("--target-time %q: add the zone offset, e.g. '%s+00'", s, v)
+		return time.Time{}, fmt.Errorf("%s %q: add the zone offset, e.g. '%s+00'", flag, s, v)
 	}
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999Z0700"} {
 		if t, err := time.Parse(layout, v); err == nil {
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("--target-time %q: use a time like '2026-11-22 03:00:00+00'", s)
+	return time.Time{}, fmt.Errorf("%s %q: use a time like '2026-11-22 03:00:00+00'", flag, s)
 }
 
 func tablespaceMap(pairs []string) (map[string]string, error) {

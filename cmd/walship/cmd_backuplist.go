@@ -17,7 +17,8 @@ func (a *app) backupListCommand() *cli.Command {
 		Usage: "list the completed base backups in the archive",
 		Description: `Lists completed base backups, oldest first. --json prints a JSON array
 for scripts (name, timeline, start_lsn, stop_lsn, start_time, finish_time,
-size, stored_size, pg_version, system_id, …).`,
+size, stored_size, pg_version, system_id, permanent, …). KEPT shows
+backups marked permanent with walship backup-mark.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON on stdout"},
 		},
@@ -50,10 +51,14 @@ func (a *app) backupList(c *cli.Context) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tFINISHED\tTIMELINE\tSTART LSN\tSTOP LSN\tWAL NEEDED FROM … TO\tSIZE\tSTORED\tPG")
+	fmt.Fprintln(w, "NAME\tFINISHED\tTIMELINE\tSTART LSN\tSTOP LSN\tWAL NEEDED FROM … TO\tSIZE\tSTORED\tPG\tKEPT")
 	for _, b := range backups {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s … %s\t%s\t%s\t%d\n", b.Name, b.FinishTime.Local().Format(time.DateTime),
-			b.Timeline, b.StartLSN, b.StopLSN, b.StartWAL, b.StopWAL, humanBytes(b.Size), humanBytes(b.StoredSize), b.MajorVersion())
+		kept := ""
+		if b.Permanent {
+			kept = "permanent"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s … %s\t%s\t%s\t%d\t%s\n", b.Name, b.FinishTime.Local().Format(time.DateTime),
+			b.Timeline, b.StartLSN, b.StopLSN, b.StartWAL, b.StopWAL, humanBytes(b.Size), humanBytes(b.StoredSize), b.MajorVersion(), kept)
 	}
 	return w.Flush()
 }

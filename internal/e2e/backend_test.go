@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -28,6 +31,10 @@ type backend struct {
 	corrupt func(t *testing.T, key string, mutate func([]byte) []byte)
 	// exists reports whether key is stored.
 	exists func(t *testing.T, key string) bool
+	// keys lists every stored key, sorted.
+	keys func(t *testing.T) []string
+	// remove deletes key behind walship's back.
+	remove func(t *testing.T, key string)
 	srv    *s3test.Server
 }
 
@@ -51,6 +58,27 @@ func fileBackend(t *testing.T) backend {
 		exists: func(t *testing.T, key string) bool {
 			_, err := os.Stat(filepath.Join(dir, filepath.FromSlash(key)))
 			return err == nil
+		},
+		keys: func(t *testing.T) []string {
+			var keys []string
+			err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() {
+					return err
+				}
+				rel, _ := filepath.Rel(dir, path)
+				keys = append(keys, filepath.ToSlash(rel))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sort.Strings(keys)
+			return keys
+		},
+		remove: func(t *testing.T, key string) {
+			if err := os.Remove(filepath.Join(dir, filepath.FromSlash(key))); err != nil {
+				t.Fatal(err)
+			}
 		},
 	}
 }
@@ -99,6 +127,22 @@ func s3Backend(t *testing.T, srv *s3test.Server) backend {
 				t.Fatal(err)
 			}
 			return err == nil
+		},
+		keys: func(t *testing.T) []string {
+			var keys []string
+			for o := range client.ListObjects(context.Background(), bucket, minio.ListObjectsOptions{Prefix: "cluster/", Recursive: true}) {
+				if o.Err != nil {
+					t.Fatal(o.Err)
+				}
+				keys = append(keys, strings.TrimPrefix(o.Key, "cluster/"))
+			}
+			sort.Strings(keys)
+			return keys
+		},
+		remove: func(t *testing.T, key string) {
+			if err := client.RemoveObject(context.Background(), bucket, objectKey(key), minio.RemoveObjectOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		},
 		srv: srv,
 	}

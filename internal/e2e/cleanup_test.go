@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,4 +96,109 @@ func segments(t *testing.T, b backend) []string {
 		t.Fatalf("only %d segments archived", len(matches))
 	}
 	return matches
+}
+
+// TestRetention: backups on timelines 1 and 2 around a promotion;
+// backup-delete --retain-full 1 (a dry run first, which changes nothing)
+// keeps the newest backup and everything it needs: a DR restore from it
+// reaches the newest data and wal-verify finds no gap. A segment deleted
+// by hand afterwards is a gap wal-verify names.
+func TestRetention(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	for _, newBackend := range backends() {
+		b := newBackend(t)
+		t.Run(b.name, func(t *testing.T) { retention(t, b) })
+	}
+}
+
+func retention(t *testing.T, b backend) {
+	run := func(args ...string) result {
+		return walship(t, t.TempDir(), b.env, append(b.args, args...)...)
+	}
+	primary := primaryFor(t, b, 15, nil)
+	primary.Psql(t, "CREATE TABLE feed (id int)")
+	primary.Pgbench(t, "-i", "-s", "2", "-q")
+	first := backupPush(t, b, primary)
+	primary.Psql(t, "INSERT INTO feed VALUES (1)")
+
+	// A hot standby that archives once promoted.
+	standby := startRestored(t, b, 15, backupFetch(t, b, "--primary-conninfo", pgConn(primary), "LATEST"), map[string]string{
+		"archive_mode":    "on",
+		"archive_command": strings.Join(append(append([]string{walshipBin}, b.args...), "wal-push", "%p"), " "),
+	})
+	standby.WaitFor(t, "SELECT count(*) FROM feed WHERE id = 1", "1", 2*time.Minute)
+	primary.Stop(t)
+	standby.Psql(t, "SELECT pg_promote()")
+	promoted(t, standby)
+	newPrimary := standby
+	newPrimary.Psql(t, "INSERT INTO feed VALUES (2)")
+	newPrimary.Pgbench(t, "-T", "2", "-c", "2")
+	waitArchived(t, newPrimary)
+	second := backupPush(t, b, newPrimary)
+	for id := 3; id <= 4; id++ {
+		newPrimary.Psql(t, fmt.Sprintf("INSERT INTO feed VALUES (%d)", id))
+		newPrimary.Pgbench(t, "-T", "1", "-c", "2")
+		waitArchived(t, newPrimary)
+	}
+	tables := append([]string{"feed"}, pgbenchTables...)
+	want := newPrimary.TableChecksums(t, "", tables...)
+
+	before := b.keys(t)
+	dry := run("backup-delete", "--retain-full", "1")
+	dry.mustSucceed(t, "backup-delete dry run")
+	if !strings.Contains(dry.stdout, "would delete  backup "+first) || !strings.Contains(dry.stdout, "keep          backup "+second) {
+		t.Fatalf("the dry run does not say it would delete %s and keep %s:\n%s", first, second, dry.stdout)
+	}
+	if after := b.keys(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("a dry run changed the archive:\nbefore %v\nafter  %v", before, after)
+	}
+
+	run("backup-delete", "--retain-full", "1", "--confirm").mustSucceed(t, "backup-delete --confirm")
+	list := run("backup-list", "--json")
+	list.mustSucceed(t, "backup-list")
+	if !strings.Contains(list.stdout, second) || strings.Contains(list.stdout, first) {
+		t.Fatalf("after backup-delete, backup-list shows:\n%s", list.stdout)
+	}
+	left := b.keys(t)
+	if !slices.Contains(left, "wal/00000002.history.zst") {
+		t.Fatal("retention removed 00000002.history")
+	}
+	for _, key := range left {
+		if strings.HasPrefix(key, "basebackups/"+first+"/") {
+			t.Fatalf("%s of the deleted backup is still stored", key)
+		}
+	}
+	if slices.Contains(left, "wal/000000010000000000000001.zst") {
+		t.Fatal("retention kept WAL from before every remaining backup")
+	}
+	if len(left) >= len(before) {
+		t.Fatalf("retention removed nothing: %d objects before, %d after", len(before), len(left))
+	}
+	run("wal-verify").mustSucceed(t, "wal-verify after retention")
+
+	restored := startRestored(t, b, 15, backupFetch(t, b, "LATEST"), nil)
+	promoted(t, restored)
+	if got := restored.TableChecksums(t, "", tables...); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("a restore after retention differs from the new primary:\n got %v\nwant %v", got, want)
+	}
+
+	// A segment between the backup and the newest WAL, deleted by hand.
+	var tl2 []string
+	for _, key := range left {
+		if strings.HasPrefix(key, "wal/00000002") && strings.HasSuffix(key, ".zst") && len(key) == len("wal/")+24+len(".zst") {
+			tl2 = append(tl2, key)
+		}
+	}
+	if len(tl2) < 3 {
+		t.Fatalf("only %d timeline-2 segments archived: %v", len(tl2), tl2)
+	}
+	victim := tl2[len(tl2)-2]
+	b.remove(t, victim)
+	name := strings.TrimSuffix(strings.TrimPrefix(victim, "wal/"), ".zst")
+	r := run("wal-verify")
+	if r.code != 1 || !strings.Contains(r.stdout, "GAP on timeline 2: "+name) {
+		t.Fatalf("wal-verify after deleting %s: exit %d\n%s\n%s", name, r.code, r.stdout, r.stderr)
+	}
 }

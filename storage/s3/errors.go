@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
@@ -56,6 +58,11 @@ func (s *Storage) fail(ctx context.Context, op, key string, w *watchdog, err err
 	if op == "list" {
 		where = s.String() + "/" + strings.TrimSuffix(key, "*") + "*"
 	}
+	return s.failAt(ctx, op, where, w, err)
+}
+
+// failAt is fail for a call that where names in messages.
+func (s *Storage) failAt(ctx context.Context, op, where string, w *watchdog, err error) error {
 	wrap := func(format string, args ...any) error {
 		return fmt.Errorf("s3 %s %s: %s: %w", op, where, fmt.Sprintf(format, args...), err)
 	}
@@ -146,4 +153,23 @@ func (s *Storage) wrongRegion(err error) string {
 		}
 	}
 	return fmt.Sprintf("bucket %s is in another region: set AWS_REGION to the bucket's region", s.bucket)
+}
+
+// keyFailure is the error for key from one entry of a DeleteObjects
+// answer's Errors, or nil when the object is gone anyway (NoSuchKey).
+// AccessDenied is permanent; anything else is worth another try.
+func (s *Storage) keyFailure(key string, e types.Error) error {
+	code := aws.ToString(e.Code)
+	apiErr := &smithy.GenericAPIError{Code: code, Message: aws.ToString(e.Message)}
+	switch code {
+	case "NoSuchKey":
+		return nil
+	case "AccessDenied":
+		return storage.Permanent(fmt.Errorf("s3 delete %s: access denied: the credentials lack s3:DeleteObject, "+
+			"or the object is under S3 Object Lock retention or a legal hold, which must end before it can be deleted: %w", s.url(key), apiErr))
+	case "":
+		return fmt.Errorf("s3 delete %s: %s did not delete it and gave no reason; try again: %w", s.url(key), s.endpoint, apiErr)
+	default:
+		return fmt.Errorf("s3 delete %s: %s did not delete it (%s); try again: %w", s.url(key), s.endpoint, code, apiErr)
+	}
 }

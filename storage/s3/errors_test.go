@@ -86,6 +86,10 @@ func TestErrorAnswers(t *testing.T) {
 		{"list", 403, "AccessDenied", "", permanent, "s3:ListBucket"},
 		{"delete", 404, "NoSuchKey", "", "nil", ""},
 		{"delete", 500, "InternalError", "", retryable, ""},
+		{"deletebatch", 403, "AccessDenied", "", permanent, "s3:DeleteObject"},
+		{"deletebatch", 503, "SlowDown", "", retryable, "busy"},
+		{"deletebatch", 404, "NoSuchBucket", "", permanent, "create it or fix --repo"},
+		{"deletebatch", 501, "NotImplemented", "", permanent, "does not implement"},
 	} {
 		t.Run(fmt.Sprintf("%s/%d%s", tc.op, tc.status, tc.code), func(t *testing.T) {
 			var objectCalls atomic.Int32
@@ -155,6 +159,8 @@ func do(ctx context.Context, st storage.Storage, op string) error {
 		return st.List(ctx, "", func(storage.ObjectInfo) error { return nil })
 	case "delete":
 		return st.Delete(ctx, key)
+	case "deletebatch":
+		return st.(storage.BatchDeleter).DeleteBatch(ctx, []string{key, "wal/000000010000000000000002"})
 	}
 	panic("unknown op " + op)
 }

@@ -16,6 +16,11 @@
 //   - Errors that retrying cannot fix (credentials, permissions, a missing
 //     bucket, a wrong region) are marked storage.Permanent and say what to
 //     change; network failures, timeouts and 5xx answers are not.
+//   - DeleteBatch removes up to 1,000 objects with one DeleteObjects
+//     request. A key the server refuses to delete for good (missing
+//     s3:DeleteObject, or Object Lock retention or a legal hold) is a
+//     permanent failure in the *storage.DeleteError; other per-key
+//     failures are worth retrying.
 //   - A missing bucket is never reported as a missing object.
 //   - No call waits forever: connecting, the TLS handshake, waiting for an
 //     answer and every stretch of an upload or download without progress
@@ -60,6 +65,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,7 +129,10 @@ type Storage struct {
 	partSize int64 // of a stream's first parts
 }
 
-var _ storage.Storage = (*Storage)(nil)
+var (
+	_ storage.Storage      = (*Storage)(nil)
+	_ storage.BatchDeleter = (*Storage)(nil)
+)
 
 // New configures access to the bucket. It does not contact the server, so
 // a wrong setting shows up on the first call, as a permanent error that
@@ -431,6 +440,78 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 		return s.fail(ctx, "delete", key, w, err)
 	}
 	return nil
+}
+
+// DeleteBatch removes up to storage.MaxBatch objects with one
+// DeleteObjects request. S3 reports a missing key as deleted; keys it
+// could not delete come back as a *storage.DeleteError, those refused for
+// lack of permission or because of Object Lock as permanent failures.
+func (s *Storage) DeleteBatch(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if len(keys) > storage.MaxBatch {
+		return storage.Permanent(fmt.Errorf("s3 delete in %s: %d keys in one batch, S3 takes at most %d: split them (storage.DeleteAll does)", s, len(keys), storage.MaxBatch))
+	}
+	objects := make([]types.ObjectIdentifier, len(keys))
+	index := make(map[string]int, len(keys)) // bucket key → position in keys
+	for i, key := range keys {
+		if err := checkKey(key); err != nil {
+			return storage.Permanent(fmt.Errorf("s3 delete %s: %w", s.url(key), err))
+		}
+		objects[i] = types.ObjectIdentifier{Key: aws.String(s.objectKey(key))}
+		index[s.objectKey(key)] = i
+	}
+	w := s.watch(ctx)
+	defer w.stop()
+	// The SDK sends the checksum header S3 requires of this request
+	// (a CRC32 of the body; AWS used to want Content-MD5).
+	out, err := s.client.DeleteObjects(w.ctx, &s3.DeleteObjectsInput{
+		Bucket: aws.String(s.bucket),
+		Delete: &types.Delete{Objects: objects, Quiet: aws.Bool(true)},
+	})
+	if err != nil {
+		where := s.url(keys[0])
+		if len(keys) > 1 {
+			where = fmt.Sprintf("%s and %d more", where, len(keys)-1)
+		}
+		return s.failAt(ctx, "delete", where, w, err)
+	}
+	return s.keyFailures(keys, index, out.Errors)
+}
+
+// keyFailures maps the Errors of a DeleteObjects answer for keys (index
+// gives each bucket key's position in keys) to a *storage.DeleteError
+// that lists them in the order of keys, or nil when none of them counts.
+func (s *Storage) keyFailures(keys []string, index map[string]int, errs []types.Error) error {
+	type failure struct {
+		pos int
+		storage.KeyError
+	}
+	var failed []failure
+	for _, e := range errs {
+		object := aws.ToString(e.Key)
+		pos, ok := index[object]
+		key := ""
+		if ok {
+			key = keys[pos]
+		} else {
+			// Not a key that was sent: report it as the server named it.
+			pos, key = len(keys), strings.TrimPrefix(object, s.prefix+"/")
+		}
+		if err := s.keyFailure(key, e); err != nil {
+			failed = append(failed, failure{pos, storage.KeyError{Key: key, Err: err}})
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(failed, func(a, b failure) int { return a.pos - b.pos })
+	de := &storage.DeleteError{Failed: make([]storage.KeyError, len(failed))}
+	for i, f := range failed {
+		de.Failed[i] = f.KeyError
+	}
+	return de
 }
 
 // notFound turns a 404 for an object into ErrNotExist, but only once the

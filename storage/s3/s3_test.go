@@ -76,6 +76,7 @@ func TestS3(t *testing.T) {
 	t.Run("ReadBackWithMinIOClient", func(t *testing.T) { testReadBack(t, srv) })
 	t.Run("ServerVerifiesChecksum", func(t *testing.T) { testServerVerifiesChecksum(t, srv) })
 	t.Run("ConditionalPutRace", func(t *testing.T) { testConditionalPutRace(t, srv) })
+	t.Run("DeleteBatchPrefix", func(t *testing.T) { testDeleteBatchPrefix(t, srv) })
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
 	t.Run("String", func(t *testing.T) {
@@ -272,7 +273,7 @@ func testConditionalPutRace(t *testing.T, srv *s3test.Server) {
 	}
 }
 
-// call runs each operation of the interface once, for tests that expect
+// calls runs each operation of the interface once, for tests that expect
 // all of them to fail the same way.
 func calls(st storage.Storage) map[string]func(ctx context.Context) error {
 	const key = "wal/000000010000000000000004"
@@ -302,6 +303,9 @@ func calls(st storage.Storage) map[string]func(ctx context.Context) error {
 			return st.List(ctx, "wal/", func(storage.ObjectInfo) error { return nil })
 		},
 		"Delete": func(ctx context.Context) error { return st.Delete(ctx, key) },
+		"DeleteBatch": func(ctx context.Context) error {
+			return st.(storage.BatchDeleter).DeleteBatch(ctx, []string{key, "wal/000000010000000000000005"})
+		},
 	}
 }
 

@@ -3,7 +3,9 @@
 // guarantees the archive relies on: atomic no-overwrite Put, exact round
 // trips of content and metadata, ErrNotExist for missing objects, ordered
 // and complete listings (past S3's 1000-keys-per-page limit), idempotent
-// Delete, a single winner among concurrent Puts of one key (losers get
+// Delete, storage.DeleteAll of thousands of keys (bare and through
+// storage.WithRetry: all gone, missing keys fine, nothing else touched),
+// a single winner among concurrent Puts of one key (losers get
 // ErrExist, or a retryable error whose retry gets ErrExist), and Puts
 // that leave nothing behind when they fail or are cancelled. PutStream
 // gets the same checks with streams of unknown length, from empty to
@@ -71,6 +73,7 @@ func Run(t *testing.T, newStorage func(t *testing.T) storage.Storage) {
 		{"ListMany", testListMany},
 		{"ListStop", testListStop},
 		{"Delete", testDelete},
+		{"DeleteAll", testDeleteAll},
 		{"ConcurrentPut", testConcurrentPut},
 		{"CancelledPut", testCancelledPut},
 		{"ShortBody", testShortBody},
@@ -523,6 +526,98 @@ func testDelete(t *testing.T, s storage.Storage) {
 	checkList(t, s, "", nil)
 	put(t, s, key, []byte("third"), nil)
 	checkObject(t, s, key, []byte("third"), nil)
+}
+
+// deleteAllKeys is past two of S3's DeleteObjects batches of 1000 keys.
+const deleteAllKeys = 2500
+
+func testDeleteAll(t *testing.T, s storage.Storage) {
+	var keys []string
+	for i := range deleteAllKeys {
+		keys = append(keys, fmt.Sprintf("wal/%08X%08X%08X", 1, i/256, i%256))
+	}
+	// Neighbours of the deleted keys, which must survive. Every object
+	// holds its own key.
+	kept := map[string][]byte{}
+	for _, key := range []string{"wal.json", "wal/000000020000000000000000", "wal/00000001000000000000000", "basebackups/b/meta.json"} {
+		kept[key] = []byte(key)
+	}
+	work := make(chan string)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for range 16 {
+		wg.Go(func() {
+			for key := range work {
+				data := []byte(key)
+				if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), nil); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("Put(%q): %w", key, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, key := range keys {
+		work <- key
+	}
+	for key := range kept {
+		work <- key
+	}
+	close(work)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+
+	// deleteAll deletes some keys and checks that progress counted all
+	// of them, in order, ending with the total.
+	deleteAll := func(s storage.Storage, keys []string) {
+		t.Helper()
+		var reported []int
+		err := storage.DeleteAll(t.Context(), s, keys, func(done int) { reported = append(reported, done) })
+		if err != nil {
+			t.Fatalf("DeleteAll of %d keys on %s: %v", len(keys), s, err)
+		}
+		if !slices.IsSorted(reported) || len(reported) == 0 || reported[len(reported)-1] != len(keys) {
+			t.Errorf("DeleteAll of %d keys reported progress %v, want increasing counts ending at %d", len(keys), abbrevInts(reported), len(keys))
+		}
+	}
+
+	// Bare, with keys never stored among the ones to delete: missing
+	// keys are not an error.
+	first := slices.Clone(keys[:1300])
+	for i := range 5 {
+		first = slices.Insert(first, i*250, fmt.Sprintf("wal/never-stored-%d", i))
+	}
+	deleteAll(s, first)
+	for _, key := range []string{keys[0], keys[1299]} {
+		checkNotExist(t, s, key)
+	}
+	checkObject(t, s, keys[1300], []byte(keys[1300]), nil)
+
+	// Through the retry wrapper, with the keys already deleted once more.
+	deleteAll(storage.WithRetry(s, storage.RetryOptions{}), keys)
+	checkList(t, s, "", kept)
+	for key, data := range kept {
+		checkObject(t, s, key, data, nil)
+	}
+
+	// Nothing to delete, and a third time everything: both are fine.
+	if err := storage.DeleteAll(t.Context(), s, nil, nil); err != nil {
+		t.Errorf("DeleteAll of no keys: %v", err)
+	}
+	if err := storage.DeleteAll(t.Context(), s, keys, nil); err != nil {
+		t.Errorf("DeleteAll of %d deleted keys: %v", len(keys), err)
+	}
+	checkList(t, s, "", kept)
+}
+
+func abbrevInts(n []int) string {
+	if len(n) > 12 {
+		return fmt.Sprintf("%d … %d (%d calls)", n[:6], n[len(n)-6:], len(n))
+	}
+	return fmt.Sprint(n)
 }
 
 func testConcurrentPut(t *testing.T, s storage.Storage) {

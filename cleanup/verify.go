@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
 	"github.com/walship/walship/archive"
@@ -25,12 +26,23 @@ type Gap struct {
 
 // Report is what wal-verify found.
 type Report struct {
-	Timeline  wal.TimeLineID `json:"timeline"`   // the newest timeline, whose history is checked
-	From      string         `json:"from"`       // first segment checked
+	Timeline  wal.TimeLineID `json:"timeline"`   // the newest timeline
+	From      string         `json:"from"`       // first segment checked on the newest timeline's path
 	To        string         `json:"to"`         // newest archived segment
-	Segments  int            `json:"segments"`   // segments checked
-	Gaps      []Gap          `json:"gaps"`       // missing runs, in WAL order
+	Segments  int            `json:"segments"`   // segments checked, on all paths
+	Paths     []Path         `json:"paths"`      // one per timeline with archived segments
+	Gaps      []Gap          `json:"gaps"`       // missing runs, by timeline and WAL order
 	StopsLost []string       `json:"stops_lost"` // backups whose last segment is missing
+}
+
+// Path is the history of one timeline that was checked: from the first
+// segment checked to the timeline's newest archived segment, through its
+// ancestors' segments up to each switch point.
+type Path struct {
+	Timeline wal.TimeLineID `json:"timeline"`
+	From     string         `json:"from"`
+	To       string         `json:"to"`
+	Segments int            `json:"segments"`
 }
 
 // OK reports whether the archive has no gap.
@@ -38,8 +50,9 @@ func (r Report) OK() bool { return len(r.Gaps) == 0 && len(r.StopsLost) == 0 }
 
 // Verify checks, from listings only (plus the small history files), that
 // the archive holds every segment from the oldest backup's start (or the
-// oldest archived segment) to the newest archived WAL along the history
-// of the newest timeline, and every backup's last segment.
+// oldest archived segment) to the newest archived segment of each
+// timeline along that timeline's history, and every backup's last
+// segment.
 func Verify(ctx context.Context, s storage.Storage) (Report, error) {
 	id, err := archive.ReadIdentity(ctx, s)
 	if errors.Is(err, storage.ErrNotExist) {
@@ -49,20 +62,27 @@ func Verify(ctx context.Context, s storage.Storage) (Report, error) {
 		return Report{}, err
 	}
 	segSize := id.SegmentSize
-	have := map[string]bool{} // segment names present
-	var newest wal.FileName
+	have := map[string]bool{}                   // segment names present
+	newest := map[wal.TimeLineID]wal.FileName{} // each timeline's newest segment
+	var top wal.FileName                        // the newest segment of all
+	var oldest wal.SegNo = ^wal.SegNo(0)
 	err = s.List(ctx, archive.WALPrefix, func(o storage.ObjectInfo) error {
 		base, _ := codec.Split(strings.TrimPrefix(o.Key, archive.WALPrefix))
 		fn, err := wal.ParseFileName(base)
-		if err != nil {
-			return nil // not walship's: ignored
+		if err != nil || fn.Kind != wal.KindSegment {
+			return nil // not a segment: ignored
 		}
-		switch fn.Kind {
-		case wal.KindSegment:
-			have[base] = true
-			if fn.TLI > newest.TLI || fn.TLI == newest.TLI && base[8:] > newest.String()[8:] {
-				newest = fn
-			}
+		seg, err := fn.SegNo(segSize)
+		if err != nil {
+			return nil
+		}
+		have[base] = true
+		oldest = min(oldest, seg)
+		if n, ok := newest[fn.TLI]; !ok || base[8:] > n.String()[8:] {
+			newest[fn.TLI] = fn
+		}
+		if fn.TLI > top.TLI || fn.TLI == top.TLI && base[8:] > top.String()[8:] {
+			top = fn
 		}
 		return nil
 	})
@@ -72,55 +92,74 @@ func Verify(ctx context.Context, s storage.Storage) (Report, error) {
 	if len(have) == 0 {
 		return Report{}, fmt.Errorf("%s holds no archived WAL segment", s)
 	}
-	// The newest timeline is that of the newest segment; a history file
-	// of a timeline that has archived no segment yet changes nothing.
-	var history []wal.HistoryEntry
-	if newest.TLI > 1 {
-		history, err = readHistory(ctx, s, newest.TLI)
-		if err != nil {
-			return Report{}, err
-		}
-	}
-	end, err := newest.SegNo(segSize)
-	if err != nil {
-		return Report{}, err
-	}
 
 	// Where checking starts: the oldest backup, else the oldest segment.
 	backups, err := basebackup.List(ctx, s)
 	if err != nil {
 		return Report{}, err
 	}
-	var start wal.SegNo
+	start := oldest
 	if len(backups) > 0 {
 		start = wal.LSNToSegNo(backups[0].StartLSN, segSize)
-	} else {
-		start = end
-		for name := range have {
-			fn, _ := wal.ParseFileName(name)
-			if seg, err := fn.SegNo(segSize); err == nil && seg < start && onPath(history, newest.TLI, fn.TLI, seg, segSize) {
-				start = seg
-			}
-		}
 	}
 
-	r := Report{Timeline: newest.TLI, To: newest.String()}
-	for seg := start; seg <= end; seg++ {
-		tli := timelineOf(history, newest.TLI, seg, segSize)
-		name := wal.SegmentFileName(tli, seg, segSize)
-		if r.From == "" {
-			r.From = name
+	r := Report{Timeline: top.TLI, To: top.String()}
+	type missing struct {
+		tli wal.TimeLineID
+		seg wal.SegNo
+	}
+	checked := map[string]bool{}
+	var lost []missing
+	tlis := make([]wal.TimeLineID, 0, len(newest))
+	for tli := range newest {
+		tlis = append(tlis, tli)
+	}
+	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
+	for _, tli := range tlis {
+		var history []wal.HistoryEntry
+		if tli > 1 {
+			if history, err = readHistory(ctx, s, tli); err != nil {
+				return Report{}, err
+			}
 		}
-		r.Segments++
-		if have[name] {
-			continue
+		end, err := newest[tli].SegNo(segSize)
+		if err != nil {
+			return Report{}, err
 		}
-		lsn := wal.SegmentStartLSN(seg, segSize)
-		if n := len(r.Gaps); n > 0 && r.Gaps[n-1].Timeline == tli && r.Gaps[n-1].EndLSN == lsn {
+		p := Path{Timeline: tli, To: newest[tli].String()}
+		for seg := start; seg <= end; seg++ {
+			name := wal.SegmentFileName(timelineOf(history, tli, seg, segSize), seg, segSize)
+			if p.From == "" {
+				p.From = name
+			}
+			p.Segments++
+			if checked[name] {
+				continue
+			}
+			checked[name] = true
+			if !have[name] {
+				lost = append(lost, missing{timelineOf(history, tli, seg, segSize), seg})
+			}
+		}
+		if p.Segments > 0 {
+			r.Paths = append(r.Paths, p)
+		}
+		if tli == top.TLI {
+			r.From = p.From
+		}
+	}
+	r.Segments = len(checked)
+	sort.Slice(lost, func(i, j int) bool {
+		return lost[i].tli < lost[j].tli || lost[i].tli == lost[j].tli && lost[i].seg < lost[j].seg
+	})
+	for _, m := range lost {
+		name := wal.SegmentFileName(m.tli, m.seg, segSize)
+		lsn := wal.SegmentStartLSN(m.seg, segSize)
+		if n := len(r.Gaps); n > 0 && r.Gaps[n-1].Timeline == m.tli && r.Gaps[n-1].EndLSN == lsn {
 			r.Gaps[n-1].LastMissing, r.Gaps[n-1].EndLSN = name, lsn+wal.LSN(segSize)
 			continue
 		}
-		r.Gaps = append(r.Gaps, Gap{Timeline: tli, FirstMissing: name, LastMissing: name, StartLSN: lsn, EndLSN: lsn + wal.LSN(segSize)})
+		r.Gaps = append(r.Gaps, Gap{Timeline: m.tli, FirstMissing: name, LastMissing: name, StartLSN: lsn, EndLSN: lsn + wal.LSN(segSize)})
 	}
 	for _, b := range backups {
 		if !have[b.StopWAL] {
@@ -140,10 +179,6 @@ func timelineOf(history []wal.HistoryEntry, newest wal.TimeLineID, seg wal.SegNo
 		}
 	}
 	return newest
-}
-
-func onPath(history []wal.HistoryEntry, newest, tli wal.TimeLineID, seg wal.SegNo, segSize int64) bool {
-	return timelineOf(history, newest, seg, segSize) == tli
 }
 
 func readHistory(ctx context.Context, s storage.Storage, tli wal.TimeLineID) ([]wal.HistoryEntry, error) {

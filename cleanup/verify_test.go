@@ -52,6 +52,9 @@ func TestVerify(t *testing.T) {
 		{"across a promotion", []int{1, 2, 3}, []int{4, 5, 6}, 4, nil},
 		{"gap after a promotion", []int{1, 2, 3}, []int{4, 6}, 4, []string{"000000020000000000000005-000000020000000000000005"}},
 		{"old timeline short", []int{1, 2}, []int{4, 5}, 4, []string{"000000010000000000000003-000000010000000000000003"}},
+		// The old primary went on on timeline 1 after the fork: its
+		// branch is checked too.
+		{"gap on the old branch", []int{1, 2, 3, 5, 6}, []int{4, 5, 6}, 4, []string{"000000010000000000000004-000000010000000000000004"}},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			r, err := Verify(context.Background(), archiveWith(tc.tl1, tc.tl2, tc.switchAt))

@@ -15,12 +15,13 @@ func (a *app) walVerifyCommand() *cli.Command {
 		Usage: "check the archive has no WAL gap from the oldest backup to the newest WAL (cron, monitoring)",
 		Description: `Checks, from object listings (plus the small timeline history files),
 that the archive holds every WAL segment from the oldest base backup's
-start (or the oldest archived segment) to the newest archived segment,
-along the history of the newest timeline, and every backup's last
-segment. Exits 0 when complete, 1 when something is missing, naming each
-gap with its segments and LSN range. --json prints the report for
-monitoring (timeline, from, to, segments, gaps with timeline,
-first_missing, last_missing, start_lsn, end_lsn, stops_lost).`,
+start (or the oldest archived segment) to the newest archived segment of
+each timeline, along that timeline's history (its ancestors' segments up
+to each switch point), and every backup's last segment. Exits 0 when
+complete, 1 when something is missing, naming each gap with its segments
+and LSN range. --json prints the report for monitoring (timeline, from,
+to, segments, paths, gaps with timeline, first_missing, last_missing,
+start_lsn, end_lsn, stops_lost).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON on stdout"},
 		},
@@ -50,7 +51,9 @@ func (a *app) walVerify(c *cli.Context) error {
 			return err
 		}
 	} else {
-		fmt.Fprintf(a.stdout, "timeline %d: %d segments checked, %s … %s\n", r.Timeline, r.Segments, r.From, r.To)
+		for _, p := range r.Paths {
+			fmt.Fprintf(a.stdout, "timeline %d: %d segments on its history, %s … %s\n", p.Timeline, p.Segments, p.From, p.To)
+		}
 		for _, g := range r.Gaps {
 			fmt.Fprintf(a.stdout, "GAP on timeline %d: %s … %s missing (LSN %s to %s)\n", g.Timeline, g.FirstMissing, g.LastMissing, g.StartLSN, g.EndLSN)
 		}

@@ -207,11 +207,11 @@ func formatVersion(v int) string {
 }
 
 // Run takes a base backup over conn, a replication connection (see
-// Connect) to a server of the given version (see ServerVersion). It sends
-// the command Command builds and decodes the reply with Decode, calling h
-// as it goes, and returns the backup's start and end. Memory use does not
-// depend on the size of the backup: archives stream from the connection to
-// the handler.
+// pgrepl.Connect) to a server of the given version (see
+// pgrepl.ServerVersion). It sends the command Command builds and decodes
+// the reply with Decode, calling h as it goes, and returns the backup's
+// start and end. Memory use does not depend on the size of the backup:
+// archives stream from the connection to the handler.
 //
 // An error the server reports (an ErrorResponse) is returned wrapping a
 // *pgconn.PgError that carries the server's message; the connection then

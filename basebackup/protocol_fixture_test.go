@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/walship/walship/internal/pgrepl"
 )
 
 // The fixtures in testdata/basebackup are replies of real servers to
@@ -174,12 +175,12 @@ func recordFixture(t *testing.T, major int) {
 	c := startTablespaceCluster(t, major)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	conn, err := Connect(ctx, c.ConnString(""))
+	conn, err := pgrepl.Connect(ctx, c.ConnString(""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	version, err := ServerVersion(conn)
+	version, err := pgrepl.ServerVersion(conn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walship/walship/internal/pgrepl"
 	"github.com/walship/walship/internal/pgtest"
 )
 
@@ -178,19 +179,19 @@ func testRunAgainst(t *testing.T, major int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	conn, err := Connect(ctx, c.ConnString(""))
+	conn, err := pgrepl.Connect(ctx, c.ConnString(""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	version, err := ServerVersion(conn)
+	version, err := pgrepl.ServerVersion(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if version/10000 != major {
 		t.Fatalf("ServerVersion = %d on PostgreSQL %d", version, major)
 	}
-	sys, err := IdentifySystem(ctx, conn)
+	sys, err := pgrepl.IdentifySystem(ctx, conn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +330,7 @@ func testRunAgainst(t *testing.T, major int) {
 	}
 
 	// The connection is ready for another command.
-	if _, err := IdentifySystem(ctx, conn); err != nil {
+	if _, err := pgrepl.IdentifySystem(ctx, conn); err != nil {
 		t.Errorf("IDENTIFY_SYSTEM after the backup: %v", err)
 	}
 
@@ -342,7 +343,7 @@ func testRunAgainst(t *testing.T, major int) {
 	}
 	if conn.IsClosed() {
 		t.Error("the connection was closed after a server error")
-	} else if _, err := IdentifySystem(ctx, conn); err != nil {
+	} else if _, err := pgrepl.IdentifySystem(ctx, conn); err != nil {
 		t.Errorf("IDENTIFY_SYSTEM after a server error: %v", err)
 	}
 
@@ -362,7 +363,7 @@ func testRunAgainst(t *testing.T, major int) {
 		t.Error("the connection is still open after a handler error")
 	}
 	// Cancelling ctx in the middle of a backup stops Run at once.
-	conn3, err := Connect(ctx, c.ConnString(""))
+	conn3, err := pgrepl.Connect(ctx, c.ConnString(""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +381,7 @@ func testRunAgainst(t *testing.T, major int) {
 		t.Errorf("Run with ctx cancelled: %v (connection closed: %v), want context.Canceled", err, conn3.IsClosed())
 	}
 
-	conn2, err := Connect(ctx, c.ConnString(""))
+	conn2, err := pgrepl.Connect(ctx, c.ConnString(""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,43 +394,4 @@ func testRunAgainst(t *testing.T, major int) {
 		t.Errorf("backup after an aborted one: %d archives, end %s, %v", archives, end2.LSN, err)
 	}
 	t.Logf("PostgreSQL %d done in %v", major, time.Since(begin).Round(time.Millisecond))
-}
-
-func TestConnectFromEnvironment(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a PostgreSQL server")
-	}
-	c := pgtest.Start(t, pgtest.Options{})
-	t.Setenv("PGHOST", "127.0.0.1")
-	t.Setenv("PGPORT", strconv.Itoa(c.Port()))
-	t.Setenv("PGUSER", "postgres")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	conn, err := Connect(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	// Only a replication connection answers IDENTIFY_SYSTEM.
-	if _, err := IdentifySystem(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.Psql(t, "SELECT application_name FROM pg_stat_replication"); got != "walship" {
-		t.Errorf("application_name %q, want walship", got)
-	}
-	// A URL, with replication=database overridden.
-	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?replication=database&application_name=nightly", c.Port())
-	conn2, err := Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn2.Close(context.Background())
-	sys, err := IdentifySystem(ctx, conn2)
-	if err != nil || sys.DBName != "" {
-		t.Errorf("IDENTIFY_SYSTEM on a URL connection: %+v, %v (want a physical connection)", sys, err)
-	}
-	if _, err := Connect(ctx, "host=127.0.0.1 port=1 user=postgres connect_timeout=5"); err == nil ||
-		!strings.Contains(err.Error(), "replication connection") {
-		t.Errorf("Connect to a closed port: %v", err)
-	}
 }

@@ -9,10 +9,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
-
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/codec"
+	"github.com/walship/walship/internal/pgrepl"
 	"github.com/walship/walship/progress"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/wal"
@@ -42,23 +41,23 @@ var ErrWALTimeout = errors.New("WAL needed by the backup is not in the archive")
 func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error) {
 	now := time.Now
 	rep := progress.Or(o.Progress)
-	conn, err := Connect(ctx, o.ConnInfo)
+	conn, err := pgrepl.Connect(ctx, o.ConnInfo)
 	if err != nil {
 		return Backup{}, err
 	}
 	defer conn.Close(context.Background())
-	version, err := ServerVersion(conn)
+	version, err := pgrepl.ServerVersion(conn)
 	if err != nil {
 		return Backup{}, err
 	}
 	if version < 130000 {
 		return Backup{}, fmt.Errorf("PostgreSQL %d is not supported: walship backs up PostgreSQL 13 and later", version/10000)
 	}
-	sys, err := IdentifySystem(ctx, conn)
+	sys, err := pgrepl.IdentifySystem(ctx, conn)
 	if err != nil {
 		return Backup{}, err
 	}
-	segSize, err := segmentSize(ctx, conn)
+	segSize, err := pgrepl.SegmentSize(ctx, conn)
 	if err != nil {
 		return Backup{}, err
 	}
@@ -178,35 +177,6 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 		return Backup{}, fmt.Errorf("record backup %s: %w", b.Name, err)
 	}
 	return b, nil
-}
-
-// segmentSize asks the server for its WAL segment size (SHOW works on
-// replication connections).
-func segmentSize(ctx context.Context, conn *pgconn.PgConn) (int64, error) {
-	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-		return 0, fmt.Errorf("SHOW wal_segment_size: unexpected reply")
-	}
-	v := string(res[0].Rows[0][0])
-	var n int64
-	var unit string
-	if _, err := fmt.Sscanf(v, "%d%s", &n, &unit); err != nil {
-		return 0, fmt.Errorf("SHOW wal_segment_size: cannot read %q", v)
-	}
-	switch unit {
-	case "MB":
-		n <<= 20
-	case "GB":
-		n <<= 30
-	case "kB":
-		n <<= 10
-	default:
-		return 0, fmt.Errorf("SHOW wal_segment_size: unknown unit in %q", v)
-	}
-	return n, wal.CheckSegmentSize(n)
 }
 
 // waitWAL waits until WAL file name is in the archive.

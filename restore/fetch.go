@@ -34,6 +34,12 @@ type FetchOptions struct {
 	Repo     string      // the repository URL, for the identity cache
 	CacheDir string      // where the archive identity is cached; "" disables the cache
 	Retry    storage.RetryOptions
+	// Partial allows, for a segment the archive does not hold, the
+	// newest snapshot wal-stream stored of it (--partial-interval),
+	// zero-filled to the segment size: recovery replays up to its end.
+	// Only on request: a standby or a restore that may still get the
+	// complete segment should wait for it instead.
+	Partial bool
 }
 
 // FetchResult describes a completed fetch.
@@ -43,6 +49,9 @@ type FetchResult struct {
 	Size     int64
 	Stored   int64
 	Duration time.Duration
+	// PartialBytes is set when a snapshot of a segment being streamed
+	// was restored (FetchOptions.Partial): the bytes of WAL it held.
+	PartialBytes int64
 }
 
 // Fetch restores the archived file name to dest. dest appears only when
@@ -78,6 +87,16 @@ func Fetch(ctx context.Context, s storage.Storage, name, dest string, o FetchOpt
 		// is this cluster's, not of an empty or mistyped location.
 		if err := checkArchive(ctx, s, o); err != nil {
 			return FetchResult{}, err
+		}
+		if o.Partial && fn.Kind == wal.KindSegment {
+			r, err := fetchPartial(ctx, s, fn, dest, o)
+			if err == nil {
+				r.Duration = time.Since(start)
+				return r, nil
+			}
+			if !errors.Is(err, storage.ErrNotExist) {
+				return FetchResult{}, err
+			}
 		}
 		return FetchResult{}, fmt.Errorf("%s: %w", name, ErrNotFound)
 	}
@@ -116,12 +135,56 @@ func isStreamError(err error) bool {
 	return errors.As(err, &s)
 }
 
-func fetchOnce(ctx context.Context, s storage.Storage, fn wal.FileName, dest string, o FetchOptions) (FetchResult, error) {
+// fetchPartial restores the newest snapshot of segment fn, zero-filled
+// to the segment size.
+func fetchPartial(ctx context.Context, s storage.Storage, fn wal.FileName, dest string, o FetchOptions) (FetchResult, error) {
 	name := fn.String()
-	rc, info, err := archive.FindWAL(ctx, s, name, o.Codec)
+	snaps, err := archive.ListPartials(ctx, s, name)
 	if err != nil {
 		return FetchResult{}, err
 	}
+	if len(snaps) == 0 {
+		return FetchResult{}, storage.ErrNotExist
+	}
+	id, err := archive.LoadIdentity(ctx, s, o.Repo, o.CacheDir)
+	if err != nil {
+		return FetchResult{}, err
+	}
+	newest := snaps[len(snaps)-1]
+	var res FetchResult
+	err = storage.Retry(ctx, o.Retry, "fetch "+newest.Key, func(ctx context.Context) error {
+		rc, info, err := s.Get(ctx, newest.Key)
+		if err != nil {
+			return storage.Permanent(err)
+		}
+		r, err := writeVerified(rc, info, fn, dest, id.SegmentSize, o)
+		if err != nil && !isStreamError(err) {
+			return storage.Permanent(err)
+		}
+		res = r
+		return err
+	})
+	if err != nil {
+		return FetchResult{}, err
+	}
+	res.PartialBytes = newest.Bytes
+	return res, nil
+}
+
+func fetchOnce(ctx context.Context, s storage.Storage, fn wal.FileName, dest string, o FetchOptions) (FetchResult, error) {
+	rc, info, err := archive.FindWAL(ctx, s, fn.String(), o.Codec)
+	if err != nil {
+		return FetchResult{}, err
+	}
+	return writeVerified(rc, info, fn, dest, 0, o)
+}
+
+// writeVerified writes the verified content of the object being read
+// from rc (closed on return) to dest, zero-filled to padTo bytes when
+// padTo is larger (a snapshot of a segment being received), checking a
+// segment's header before dest appears.
+func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, dest string, padTo int64, o FetchOptions) (FetchResult, error) {
+	name := fn.String()
 	defer rc.Close()
 	vr, err := archive.NewVerifyingReader(info, archive.MarkReadErrors(rc))
 	if err != nil {
@@ -147,6 +210,12 @@ func fetchOnce(ctx context.Context, s storage.Storage, fn wal.FileName, dest str
 	n, err := copyVerified(tmp, vr)
 	if err != nil {
 		return FetchResult{}, err
+	}
+	if padTo > n {
+		if err := tmp.Truncate(padTo); err != nil {
+			return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
+		}
+		n = padTo
 	}
 	if fn.Kind == wal.KindSegment || fn.Kind == wal.KindPartial {
 		if err := checkSegment(tmp, fn, n, info.Key, o.DataDir); err != nil {

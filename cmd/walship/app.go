@@ -113,6 +113,7 @@ func newApp(stdout, stderr io.Writer) *app {
 			a.walFetchCommand(),
 			a.walCleanupCommand(),
 			a.walVerifyCommand(),
+			a.walStreamCommand(),
 			a.backupPushCommand(),
 			a.backupListCommand(),
 			a.backupFetchCommand(),

@@ -61,6 +61,7 @@ its parent when DIR is created).`,
 			&cli.StringFlag{Name: "target-action", Usage: "at the target: pause, promote or shutdown (PostgreSQL's default: pause)"},
 			&cli.StringFlag{Name: "target-timeline", Value: "latest", Usage: "timeline to recover along: latest, current or a number"},
 			&cli.StringSliceFlag{Name: "tablespace-map", Usage: "restore the tablespace at `OLD=NEW` location NEW (repeatable)"},
+			&cli.BoolFlag{Name: "use-partial", Usage: "restore_command may use wal-stream's snapshots of segments never completed (wal-fetch --partial): recovery reaches the newest streamed WAL of a lost primary"},
 			&cli.BoolFlag{Name: "verify", Usage: "also check every restored file against the server's backup manifest (as pg_verifybackup does)"},
 			&cli.IntFlag{Name: "parallel", Value: 4, Usage: "archives downloaded and extracted at once"},
 		},
@@ -83,7 +84,11 @@ func (a *app) backupFetch(c *cli.Context) error {
 	}
 	rs, target, err := recoverySettings(c)
 	if err == nil {
-		rs.RestoreCommand, err = a.hookCommand(c, "wal-fetch", "%f", "%p")
+		fetchArgs := []string{"%f", "%p"}
+		if c.Bool("use-partial") {
+			fetchArgs = append([]string{"--partial"}, fetchArgs...)
+		}
+		rs.RestoreCommand, err = a.hookCommand(c, "wal-fetch", fetchArgs...)
 	}
 	if err == nil && c.Bool("archive-cleanup") {
 		if !rs.Standby {
@@ -91,6 +96,9 @@ func (a *app) backupFetch(c *cli.Context) error {
 		} else {
 			rs.ArchiveCleanupCommand, err = a.hookCommand(c, "wal-cleanup", "%r")
 		}
+	}
+	if err == nil && c.Bool("use-partial") && rs.Standby {
+		err = errors.New("--use-partial is for a disaster restore: a standby must wait for complete segments")
 	}
 	if err == nil {
 		err = rs.Validate()

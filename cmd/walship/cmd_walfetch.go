@@ -30,9 +30,17 @@ system identifier). Exit codes steer PostgreSQL's recovery:
    2    NAME is not a WAL file name
    255  storage, configuration or checksum failure outside a standby:
         recovery stops loudly instead of promoting on a short archive;
-        fix the cause and start the server again`,
+        fix the cause and start the server again
+
+--partial: a segment that is not archived may come from the newest
+snapshot wal-stream --partial-interval stored of it, zero-filled: for a
+disaster restore after the primary is lost for good, it reaches WAL that
+never made a complete segment. Only on request (backup-fetch
+--use-partial writes it into restore_command): a standby should wait for
+the complete segment instead.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "pgdata", EnvVars: []string{"PGDATA"}, Usage: "the cluster's data `DIR` (default: the working directory, where PostgreSQL runs restore_command)"},
+			&cli.BoolFlag{Name: "partial", Usage: "for a segment not archived, use the newest snapshot wal-stream --partial-interval stored (disaster recovery of a lost primary)"},
 		},
 		Action: a.walFetch,
 	}
@@ -59,6 +67,7 @@ func (a *app) walFetch(c *cli.Context) error {
 		Repo:     c.String(flagRepo),
 		CacheDir: cacheDir(c),
 		Retry:    retryOptions(c, a.log),
+		Partial:  c.Bool("partial"),
 	})
 	switch {
 	case errors.Is(err, restore.ErrBadName):
@@ -69,6 +78,11 @@ func (a *app) walFetch(c *cli.Context) error {
 		return exitError{exitFailure, errQuiet}
 	case err != nil:
 		return fmt.Errorf("wal-fetch %s: %w", name, err)
+	}
+	if res.PartialBytes > 0 {
+		a.log.Warn(fmt.Sprintf("restored %s from the streamed snapshot %s: only its first %s were received; recovery ends there",
+			res.Name, res.Key, humanBytes(res.PartialBytes)), "file", res.Name, "partial_bytes", res.PartialBytes)
+		return nil
 	}
 	a.log.Info(fmt.Sprintf("restored %s from %s (%s) in %s", res.Name, res.Key, humanBytes(res.Size), res.Duration.Round(1e6)),
 		"file", res.Name, "size", res.Size, "stored", res.Stored, "ms", res.Duration.Milliseconds())

@@ -46,7 +46,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	err := a.cli.RunContext(ctx, args)
 	close(done)
 	signal.Stop(sigs)
-	if got != nil {
+	// wal-stream is a service: SIGTERM is how it is stopped, and it
+	// stops cleanly (exit 0) once what it received is durable.
+	graceful := slices.Contains(args[1:], "wal-stream") && err == nil
+	if got != nil && !graceful {
 		signal.Reset(got.(syscall.Signal))
 		syscall.Kill(os.Getpid(), got.(syscall.Signal))
 	}

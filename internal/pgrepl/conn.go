@@ -1,4 +1,22 @@
-package basebackup
+// Package pgrepl is walship's client of PostgreSQL's physical streaming
+// replication protocol, spoken through pgconn: it opens replication
+// connections, runs the replication commands walship uses (IDENTIFY_SYSTEM,
+// SHOW, TIMELINE_HISTORY, READ_REPLICATION_SLOT, CREATE_REPLICATION_SLOT,
+// START_REPLICATION) and decodes and encodes the messages of a WAL stream.
+//
+// Guarantees:
+//   - An error the server reports (an ErrorResponse) comes back wrapping a
+//     *pgconn.PgError (use errors.As), and the connection is read up to the
+//     ReadyForQuery that follows, so it can run the next command.
+//   - Replies walship does not understand — unknown message types, short or
+//     malformed messages, result sets of the wrong shape — are errors
+//     matching ErrProtocol; the parsers never panic, whatever the input.
+//   - Nothing here runs in the background, and a connection must be used by
+//     one goroutine at a time (pgconn is not safe for concurrent use):
+//     receive with a deadline, and send status updates between receives.
+//   - Functions close the connection only where their doc comment says so:
+//     after an error that leaves the protocol in an unknown state.
+package pgrepl
 
 import (
 	"context"
@@ -142,6 +160,35 @@ func ParseIdentifySystem(r *pgconn.Result) (SystemInfo, error) {
 		return SystemInfo{}, fmt.Errorf("IDENTIFY_SYSTEM: xlogpos: %w", err)
 	}
 	return SystemInfo{SystemID: sysid, Timeline: tli, XLogPos: pos, DBName: string(row[3])}, nil
+}
+
+// SegmentSize asks the server for its WAL segment size in bytes (SHOW works
+// on replication connections).
+func SegmentSize(ctx context.Context, conn *pgconn.PgConn) (int64, error) {
+	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return 0, fmt.Errorf("SHOW wal_segment_size: unexpected reply")
+	}
+	v := string(res[0].Rows[0][0])
+	var n int64
+	var unit string
+	if _, err := fmt.Sscanf(v, "%d%s", &n, &unit); err != nil {
+		return 0, fmt.Errorf("SHOW wal_segment_size: cannot read %q", v)
+	}
+	switch unit {
+	case "MB":
+		n <<= 20
+	case "GB":
+		n <<= 30
+	case "kB":
+		n <<= 10
+	default:
+		return 0, fmt.Errorf("SHOW wal_segment_size: unknown unit in %q", v)
+	}
+	return n, wal.CheckSegmentSize(n)
 }
 
 // parseTimeline reads a timeline ID sent as decimal text.

@@ -225,8 +225,20 @@ func (st *streamer) session(ctx context.Context) error {
 		}
 		st.slotOK = true
 	}
+	// The server's history: which timeline wrote which part of the WAL
+	// it serves.
+	var history []wal.HistoryEntry
+	if sys.Timeline > 1 {
+		_, content, err := pgrepl.TimelineHistory(ctx, conn, sys.Timeline)
+		if err != nil {
+			return classify(err)
+		}
+		if history, err = wal.ParseHistory(content); err != nil {
+			return fatal(fmt.Errorf("timeline history from %s: %w", server, err))
+		}
+	}
 	if st.pos.lsn == 0 {
-		pos, err := st.startPosition(ctx, conn, sys, version)
+		pos, err := st.startPosition(ctx, conn, sys, version, history)
 		if err != nil {
 			return err
 		}
@@ -243,14 +255,6 @@ func (st *streamer) session(ctx context.Context) error {
 		// Follow the server's history from where the last timeline
 		// received ends: the server streams the old timeline up to its
 		// switch point, then ends it.
-		_, content, err := pgrepl.TimelineHistory(ctx, conn, sys.Timeline)
-		if err != nil {
-			return classify(err)
-		}
-		history, err := wal.ParseHistory(content)
-		if err != nil {
-			return fatal(fmt.Errorf("timeline history from %s: %w", server, err))
-		}
 		st.pos.tli = wal.TimelineAt(history, sys.Timeline, st.pos.lsn)
 	}
 	st.log.Info(fmt.Sprintf("streaming from %s at %s on timeline %d into %s", server, st.pos.lsn, st.pos.tli, st.s),
@@ -307,7 +311,7 @@ func (st *streamer) ensureSlot(ctx context.Context, conn *pgconn.PgConn, version
 }
 
 // startPosition decides where the first session starts.
-func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys pgrepl.SystemInfo, version int) (position, error) {
+func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys pgrepl.SystemInfo, version int, history []wal.HistoryEntry) (position, error) {
 	var best position
 	consider := func(p position, why string) {
 		if p.lsn > best.lsn || p.lsn == best.lsn && p.tli > best.tli {
@@ -329,7 +333,12 @@ func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys 
 			consider(position{fn.TLI, lsn}, "spool .partial")
 		}
 	}
-	newest, err := newestArchived(ctx, st.s, st.segSize)
+	// Only archived segments on the server's history count: a segment
+	// the old primary wrote after a fork says nothing of where the
+	// server's WAL is archived up to.
+	newest, err := newestArchived(ctx, st.s, st.segSize, func(fn wal.FileName, lsn wal.LSN) bool {
+		return wal.TimelineAt(history, sys.Timeline, lsn+wal.LSN(st.segSize)-1) == fn.TLI
+	})
 	if err != nil {
 		return position{}, err
 	}
@@ -358,8 +367,9 @@ func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys 
 func segmentStart(lsn wal.LSN, segSize int64) wal.LSN { return segmentStartOf(lsn, segSize) }
 
 // newestArchived is the start of the newest complete segment in the
-// archive (the highest position, then the highest timeline).
-func newestArchived(ctx context.Context, s storage.Storage, segSize int64) (position, error) {
+// archive for which onPath is true (the highest position, then the
+// highest timeline).
+func newestArchived(ctx context.Context, s storage.Storage, segSize int64, onPath func(wal.FileName, wal.LSN) bool) (position, error) {
 	var best position
 	err := s.List(ctx, archive.WALPrefix, func(o storage.ObjectInfo) error {
 		base, _ := codec.Split(strings.TrimPrefix(o.Key, archive.WALPrefix))
@@ -368,7 +378,7 @@ func newestArchived(ctx context.Context, s storage.Storage, segSize int64) (posi
 			return nil
 		}
 		lsn, err := fn.StartLSN(segSize)
-		if err != nil {
+		if err != nil || !onPath(fn, lsn) {
 			return nil
 		}
 		if lsn > best.lsn || lsn == best.lsn && fn.TLI > best.tli {

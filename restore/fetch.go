@@ -40,6 +40,10 @@ type FetchOptions struct {
 	// Only on request: a standby or a restore that may still get the
 	// complete segment should wait for it instead.
 	Partial bool
+	// noSync skips the fsync of dest: the prefetcher's spool is trusted
+	// only within one boot of the machine, so a crash cannot leave a file
+	// there that looks complete but is not.
+	noSync bool
 }
 
 // FetchResult describes a completed fetch.
@@ -222,7 +226,9 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 			return FetchResult{}, err
 		}
 	}
-	if err := tmp.Sync(); err != nil {
+	if o.noSync {
+		// nothing: see FetchOptions.noSync
+	} else if err := tmp.Sync(); err != nil {
 		return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
 	}
 	if err := tmp.Close(); err != nil {

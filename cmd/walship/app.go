@@ -111,6 +111,7 @@ func newApp(stdout, stderr io.Writer) *app {
 		Commands: []*cli.Command{
 			a.walPushCommand(),
 			a.walFetchCommand(),
+			a.walPrefetchCommand(),
 			a.walCleanupCommand(),
 			a.walVerifyCommand(),
 			a.walStreamCommand(),

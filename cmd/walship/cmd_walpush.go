@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
@@ -24,9 +25,16 @@ before upload: its name, size, page address and system identifier must
 match, and WAL of another cluster is refused. A file already archived
 with identical content succeeds (PostgreSQL retries after crashes); with
 different content it fails — that means two servers write the same
-timeline (split brain) — and nothing is overwritten.`,
+timeline (split brain) — and nothing is overwritten.
+
+Look-ahead: with --parallel K (default 4), it also pushes up to K-1 of
+the next files waiting in pg_wal/archive_status, in parallel, and records
+each one stored in pgsql_tmp_walship_push/ in the data directory, so that
+PostgreSQL's calls for them return at once (the file is checked to be the
+one pushed; markers older than an hour are not trusted).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "pgdata", EnvVars: []string{"PGDATA"}, Usage: "the cluster's data `DIR` (default: the working directory, where PostgreSQL runs archive_command)"},
+			&cli.IntFlag{Name: "parallel", Value: 4, EnvVars: []string{"WALSHIP_PUSH_PARALLEL"}, Usage: "push up to `K` files at once: this one and the next ones waiting in archive_status (1: this one only)"},
 		},
 		Action: a.walPush,
 	}
@@ -45,13 +53,34 @@ func (a *app) walPush(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	res, err := archive.Push(c.Context, s, argv[0], archive.PushOptions{
+	o := archive.PushOptions{
 		Codec:    cd,
 		Repo:     c.String(flagRepo),
 		CacheDir: cacheDir(c),
 		DataDir:  dataDir(c.String("pgdata")),
 		Logger:   a.log,
-	})
+	}
+	path := argv[0]
+	if o.DataDir != "" && archive.TakeMarker(o.DataDir, o.Repo, path) {
+		a.log.Info(fmt.Sprintf("archived %s (pushed ahead)", filepath.Base(path)), "file", filepath.Base(path), "ahead", true)
+		return nil
+	}
+	// The next files waiting go up beside this one.
+	var ahead []archive.AheadResult
+	aheadDone := make(chan struct{})
+	go func() {
+		defer close(aheadDone)
+		ahead = archive.PushAhead(c.Context, s, path, c.Int("parallel")-1, o)
+	}()
+	res, err := archive.Push(c.Context, s, path, o)
+	<-aheadDone
+	for _, r := range ahead {
+		if r.Err != nil {
+			a.log.Debug("look-ahead push failed; PostgreSQL's own call will push it", "file", r.Name, "err", r.Err)
+		} else {
+			a.log.Debug("pushed ahead", "file", r.Name, "size", r.Size, "stored", r.Stored)
+		}
+	}
 	if errors.Is(err, archive.ErrBadName) {
 		return withCode(exitUsage, fmt.Errorf("wal-push %s: %w", argv[0], err))
 	}

@@ -65,9 +65,11 @@ func DigestOf(info storage.ObjectInfo) (Digest, error) {
 	return Digest{SHA256: sum, Size: size}, nil
 }
 
-// spillThreshold is the compressed size above which a pending upload is
-// kept in a temporary file instead of memory (segments can be up to 1 GB).
-const spillThreshold = 64 << 20
+// memLimit is the compressed size up to which an upload body is kept in
+// memory; beyond it, it goes to an anonymous temporary file. Several
+// pushes run at once (look-ahead), so memory stays bounded whatever the
+// segment size and however badly the data compresses.
+const memLimit = 4 << 20
 
 // compressed is a compressed object ready for upload.
 type compressed struct {
@@ -77,10 +79,62 @@ type compressed struct {
 	close  func()
 }
 
+// spillWriter collects written bytes in memory up to memLimit, then in an
+// anonymous temporary file.
+type spillWriter struct {
+	buf  bytes.Buffer
+	file *os.File
+	n    int64
+}
+
+func (w *spillWriter) Write(p []byte) (int, error) {
+	if w.file == nil && w.buf.Len()+len(p) > memLimit {
+		f, err := os.CreateTemp("", "walship-push-*")
+		if err != nil {
+			return 0, fmt.Errorf("create a temporary file for the upload: %w (set TMPDIR to a writable directory)", err)
+		}
+		os.Remove(f.Name()) // anonymous: nothing is left behind on a crash
+		if _, err := f.Write(w.buf.Bytes()); err != nil {
+			f.Close()
+			return 0, err
+		}
+		w.file = f
+		w.buf = bytes.Buffer{}
+	}
+	var n int
+	var err error
+	if w.file != nil {
+		n, err = w.file.Write(p)
+	} else {
+		n, err = w.buf.Write(p)
+	}
+	w.n += int64(n)
+	return n, err
+}
+
+// body returns what was written, for reading from the start.
+func (w *spillWriter) body() (io.ReadSeeker, func(), error) {
+	if w.file == nil {
+		return bytes.NewReader(w.buf.Bytes()), func() {}, nil
+	}
+	if _, err := w.file.Seek(0, io.SeekStart); err != nil {
+		w.file.Close()
+		return nil, nil, err
+	}
+	f := w.file
+	return f, func() { f.Close() }, nil
+}
+
+func (w *spillWriter) discard() {
+	if w.file != nil {
+		w.file.Close()
+	}
+}
+
 // prepare makes the upload body for the first size bytes of f with codec
 // c, computing the digest of the content. Uncompressed content is uploaded
 // straight from f; compressed content is built in memory, or in an
-// anonymous temporary file when it could be large (segments go up to 1 GB).
+// anonymous temporary file beyond memLimit.
 func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
 	h := sha256.New()
 	if c.Ext() == "" {
@@ -91,55 +145,26 @@ func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
 		d := Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
 		return &compressed{body: io.NewSectionReader(f, 0, n), size: n, digest: d, close: func() {}}, nil
 	}
-	var (
-		sink  io.Writer
-		buf   *bytes.Buffer
-		spill *os.File
-	)
-	if size > spillThreshold {
-		tmp, err := os.CreateTemp("", "walship-push-*")
-		if err != nil {
-			return nil, fmt.Errorf("create temporary file for a %d-byte upload: %w (set TMPDIR to a writable directory)", size, err)
-		}
-		os.Remove(tmp.Name()) // anonymous: nothing is left behind on a crash
-		spill, sink = tmp, tmp
-	} else {
-		// Room for incompressible content plus framing, so the buffer
-		// never grows (and never copies) while compressing.
-		buf = bytes.NewBuffer(make([]byte, 0, size+size/64+64<<10))
-		sink = buf
-	}
-	fail := func(err error) (*compressed, error) {
-		if spill != nil {
-			spill.Close()
-		}
-		return nil, err
-	}
+	sink := &spillWriter{}
 	zw, err := c.NewWriter(sink)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
 	n, err := io.Copy(zw, io.TeeReader(io.NewSectionReader(f, 0, size), h))
+	if err == nil {
+		if err = zw.Close(); err != nil {
+			err = fmt.Errorf("compress with %s: %w", c.Name(), err)
+		}
+	}
 	if err != nil {
-		return fail(err)
+		sink.discard()
+		return nil, err
 	}
-	if err := zw.Close(); err != nil {
-		return fail(fmt.Errorf("compress with %s: %w", c.Name(), err))
+	body, closeBody, err := sink.body()
+	if err != nil {
+		return nil, err
 	}
-	out := &compressed{digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: func() {}}
-	if spill != nil {
-		stored, err := spill.Seek(0, io.SeekCurrent)
-		if err != nil {
-			return fail(err)
-		}
-		if _, err := spill.Seek(0, io.SeekStart); err != nil {
-			return fail(err)
-		}
-		out.body, out.size, out.close = spill, stored, func() { spill.Close() }
-	} else {
-		out.body, out.size = bytes.NewReader(buf.Bytes()), int64(buf.Len())
-	}
-	return out, nil
+	return &compressed{body: body, size: sink.n, digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: closeBody}, nil
 }
 
 // VerifyingReader decompresses an object and checks, at EOF, that its

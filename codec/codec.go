@@ -47,8 +47,11 @@ var table = []Codec{
 		enc: func(w io.Writer) (io.WriteCloser, error) {
 			// One goroutine per stream: walship runs beside PostgreSQL and
 			// parallelism comes from pushing several segments at once.
+			// A 2 MB window: wal-push runs several at once (look-ahead),
+			// and the default 8 MB window costs about 4 times the memory
+			// per stream for little gain on WAL.
 			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault),
-				zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true))
+				zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithWindowSize(2<<20))
 		},
 		dec: func(r io.Reader) (io.ReadCloser, error) {
 			d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1),

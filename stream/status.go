@@ -32,8 +32,9 @@ type Status struct {
 
 // statusBoard holds the current status for the status file and metrics.
 type statusBoard struct {
-	mu sync.Mutex
-	st Status
+	mu     sync.Mutex
+	st     Status
+	fileMu sync.Mutex // one writer of the status file at a time
 }
 
 func (b *statusBoard) update(fn func(*Status)) {
@@ -56,6 +57,8 @@ func (b *statusBoard) get() Status {
 
 // write replaces the status file atomically.
 func (b *statusBoard) write(path string) error {
+	b.fileMu.Lock()
+	defer b.fileMu.Unlock()
 	data, err := json.MarshalIndent(b.get(), "", "  ")
 	if err != nil {
 		return err

@@ -99,6 +99,9 @@ func (u *uploader) drain(ctx context.Context) error {
 					s.Archived = name
 				}
 			})
+			// The status file shows progress at once, not at the
+			// receiver's next report.
+			u.board.write(u.sp.path(statusName))
 		}
 	}
 }

@@ -288,9 +288,15 @@ func (ex *extractor) one(ctx context.Context, s storage.Storage, b Backup, f Fil
 	if err != nil {
 		return err
 	}
-	defer rc.Close()
+	// Download, decompression and checksum run ahead of tar parsing and
+	// file writes. On the way out the download is closed first, which
+	// ends a read the read-ahead may be blocked in, then the read-ahead
+	// is waited for, then the decompressor goes.
+	ahead := readAhead(vr, 8, 1<<20)
 	defer vr.Close()
-	tr := tar.NewReader(vr)
+	defer ahead.Close()
+	defer rc.Close()
+	tr := tar.NewReader(ahead)
 	buf := make([]byte, 1<<20)
 	for {
 		hdr, err := tr.Next()
@@ -305,7 +311,7 @@ func (ex *extractor) one(ctx context.Context, s storage.Storage, b Backup, f Fil
 		}
 	}
 	// Read to the end so the checksum of the whole object is verified.
-	if _, err := io.Copy(io.Discard, vr); err != nil {
+	if _, err := io.Copy(io.Discard, ahead); err != nil {
 		return err
 	}
 	return nil

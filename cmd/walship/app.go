@@ -29,6 +29,9 @@ type app struct {
 	log    *slog.Logger
 
 	fetchDir string // wal-fetch's data directory, for its exit code
+	// requests reports the storage requests sent, when the backend
+	// counts them (S3), for the debug line at exit.
+	requests func() map[string]int64
 }
 
 // Global flag names; the config file uses the same keys.
@@ -168,7 +171,13 @@ func (a *app) logResources() {
 		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			var kb int64
 			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
-			a.log.Debug("resources", "peak_rss", kb<<10)
+			args := []any{"peak_rss", kb << 10}
+			if a.requests != nil {
+				for _, kind := range []string{"PUT", "GET", "HEAD", "LIST", "POST", "DELETE"} {
+					args = append(args, "requests_"+strings.ToLower(kind), a.requests()[kind])
+				}
+			}
+			a.log.Debug("resources", args...)
 		}
 	}
 }
@@ -264,13 +273,17 @@ func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {
 		}
 		ctx, cancel := context.WithTimeout(c.Context, c.Duration(flagStorageTimeout))
 		defer cancel()
-		s, err = s3.New(ctx, s3.Options{
+		var st *s3.Storage
+		st, err = s3.New(ctx, s3.Options{
 			Bucket:    u.Host,
 			Prefix:    strings.Trim(u.Path, "/"),
 			Endpoint:  c.String(flagS3Endpoint),
 			Region:    c.String(flagS3Region),
 			PathStyle: c.Bool(flagS3PathStyle),
 		})
+		if err == nil {
+			s, a.requests = st, st.Requests
+		}
 	default:
 		return nil, usageError("--repo %q: unsupported scheme; use file:///abs/dir or s3://bucket/prefix", raw)
 	}

@@ -65,12 +65,18 @@ func (a *app) walPush(c *cli.Context) error {
 		a.log.Info(fmt.Sprintf("archived %s (pushed ahead)", filepath.Base(path)), "file", filepath.Base(path), "ahead", true)
 		return nil
 	}
-	// The next files waiting go up beside this one.
+	// The next files waiting go up beside this one — once the archive's
+	// identity is known (cached), so that parallel pushes do not all
+	// fetch or create it.
 	var ahead []archive.AheadResult
 	aheadDone := make(chan struct{})
+	lookAhead := c.Int("parallel") - 1
+	if _, err := archive.LoadIdentity(c.Context, s, o.Repo, o.CacheDir); err != nil {
+		lookAhead = 0
+	}
 	go func() {
 		defer close(aheadDone)
-		ahead = archive.PushAhead(c.Context, s, path, c.Int("parallel")-1, o)
+		ahead = archive.PushAhead(c.Context, s, path, lookAhead, o)
 	}()
 	res, err := archive.Push(c.Context, s, path, o)
 	<-aheadDone

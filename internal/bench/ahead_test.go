@@ -36,7 +36,7 @@ func TestBenchPushAhead(t *testing.T) {
 		name, data := waltest.Segment(7300000000000000098, 1, wal.SegNo(i+1), 16<<20, waltest.Compressible(uint64(i)))
 		segs = append(segs, segment{name, data})
 	}
-	run := func(archive string, parallel int) float64 {
+	run := func(archive string, parallel int) (float64, string) {
 		t.Helper()
 		dataDir := pgtest.NewDir(t, "pgdata")
 		if err := os.MkdirAll(filepath.Join(dataDir, "pg_wal", "archive_status"), 0o700); err != nil {
@@ -51,30 +51,35 @@ func TestBenchPushAhead(t *testing.T) {
 		if archive == "s3" {
 			env = append(srv.Env(), "WALSHIP_REPO=s3://"+bucket+fmt.Sprintf("/ahead-%d", time.Now().UnixNano()), "WALSHIP_S3_PATH_STYLE=true", "AWS_EC2_METADATA_DISABLED=true")
 		}
-		env = append(env, "WALSHIP_CACHE_DIR="+t.TempDir())
+		env = append(env, "WALSHIP_CACHE_DIR="+t.TempDir(), "WALSHIP_LOG_LEVEL=debug")
+		tm := timing{requests: map[string]int64{}}
 		start := time.Now()
 		for _, s := range segs {
 			cmd := exec.Command(bin, "wal-push", "--parallel", fmt.Sprint(parallel), filepath.Join("pg_wal", s.name))
 			cmd.Dir = dataDir
 			cmd.Env = append(os.Environ(), env...)
-			if out, err := cmd.CombinedOutput(); err != nil {
+			out, err := cmd.CombinedOutput()
+			if err != nil {
 				t.Fatalf("wal-push %s: %v\n%s", s.name, err, out)
+			}
+			for kind, n := range parseRequests(string(out)) {
+				tm.requests[kind] += n
 			}
 			status := filepath.Join(dataDir, "pg_wal", "archive_status", s.name)
 			if err := os.Rename(status+".ready", status+".done"); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return float64(n) / time.Since(start).Seconds()
+		return float64(n) / time.Since(start).Seconds(), tm.perSegment(n)
 	}
 	fmt.Printf("\nwal-push of a backlog of %d segments, as PostgreSQL's archiver calls it (one call at a time)\n", n)
-	fmt.Printf("%-8s %-34s %12s %10s\n", "archive", "wal-push", "segments/s", "vs one-by-one")
+	fmt.Printf("%-8s %-38s %12s %14s  %s\n", "archive", "wal-push", "segments/s", "vs one-by-one", "requests/segment")
 	for _, archive := range []string{"file", "s3"} {
-		base := run(archive, 1)
-		fmt.Printf("%-8s %-34s %12.1f %9.2fx\n", archive, "--parallel 1 (one per call, baseline)", base, 1.0)
+		base, reqs := run(archive, 1)
+		fmt.Printf("%-8s %-38s %12.1f %13.2fx  %s\n", archive, "--parallel 1 (one per call, baseline)", base, 1.0, reqs)
 		for _, k := range []int{4, 8} {
-			r := run(archive, k)
-			fmt.Printf("%-8s %-34s %12.1f %9.2fx\n", archive, fmt.Sprintf("--parallel %d (look-ahead)", k), r, r/base)
+			r, reqs := run(archive, k)
+			fmt.Printf("%-8s %-38s %12.1f %13.2fx  %s\n", archive, fmt.Sprintf("--parallel %d (look-ahead)", k), r, r/base, reqs)
 		}
 	}
 }

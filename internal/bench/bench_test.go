@@ -84,7 +84,7 @@ func TestBenchTable(t *testing.T) {
 				})
 				storedBytes := push.stored
 				rows = append(rows, row{what: "wal-push", data: set.name, backend: a.name, codec: codec, per: push.per, mbps: mbps(set.segs, push.per),
-					ratio: ratio(push.per, cpPush.per), stored: storedBytes, rss: push.rss})
+					ratio: ratio(push.per, cpPush.per), stored: storedBytes, rss: push.rss, reqs: push.perSegment(len(set.segs))})
 				dest := filepath.Join(work, "RECOVERYXLOG")
 				fetch := timeEach(t, set.segs, func(seg string) *exec.Cmd {
 					c := exec.Command(bin, "wal-fetch", filepath.Base(seg), dest)
@@ -96,7 +96,7 @@ func TestBenchTable(t *testing.T) {
 					}
 				})
 				rows = append(rows, row{what: "wal-fetch", data: set.name, backend: a.name, codec: codec, per: fetch.per, mbps: mbps(set.segs, fetch.per),
-					ratio: ratio(fetch.per, cpPush.per), rss: fetch.rss})
+					ratio: ratio(fetch.per, cpPush.per), rss: fetch.rss, reqs: fetch.perSegment(len(set.segs))})
 			}
 		}
 	}
@@ -110,29 +110,45 @@ type row struct {
 	ratio                      float64 // time relative to cp of the same file
 	stored                     float64 // stored bytes / original bytes (0: not measured)
 	rss                        int64   // peak resident set of one walship process, bytes
+	reqs                       string  // storage requests per segment (S3)
 }
 
 func printTable(rows []row) {
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "operation\tdata\tarchive\tcodec\tms/segment\tMB/s\ttime vs cp\tstored\tpeak RSS\t")
+	fmt.Fprintln(w, "operation\tdata\tarchive\tcodec\tms/segment\tMB/s\ttime vs cp\tstored\tpeak RSS\trequests/segment\t")
 	for _, r := range rows {
 		stored, rss := "-", "-"
+		if r.reqs == "" {
+			r.reqs = "-"
+		}
 		if r.stored > 0 {
 			stored = fmt.Sprintf("%.1f%%", 100*r.stored)
 		}
 		if r.rss > 0 {
 			rss = fmt.Sprintf("%d MB", r.rss>>20)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.2fx\t%s\t%s\t\n", r.what, r.data, r.backend, r.codec,
-			float64(r.per.Microseconds())/1000, r.mbps, r.ratio, stored, rss)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f\t%.0f\t%.2fx\t%s\t%s\t%s\t\n", r.what, r.data, r.backend, r.codec,
+			float64(r.per.Microseconds())/1000, r.mbps, r.ratio, stored, rss, r.reqs)
 	}
 	w.Flush()
 }
 
 type timing struct {
-	per    time.Duration // mean time per segment
-	stored float64       // fraction of bytes stored, from walship's log
-	rss    int64
+	per      time.Duration // mean time per segment
+	stored   float64       // fraction of bytes stored, from walship's log
+	rss      int64
+	requests map[string]int64 // storage requests by kind, summed over the runs
+}
+
+// perSegment formats the requests per segment, e.g. "1.0 PUT".
+func (tm timing) perSegment(n int) string {
+	var parts []string
+	for _, kind := range []string{"PUT", "GET", "HEAD", "LIST", "POST", "DELETE"} {
+		if c := tm.requests[kind]; c > 0 {
+			parts = append(parts, fmt.Sprintf("%.2f %s", float64(c)/float64(n), kind))
+		}
+	}
+	return strings.Join(parts, " + ")
 }
 
 // timeEach runs one command per segment, one after the other as
@@ -153,6 +169,12 @@ func timeEach(t *testing.T, segs []string, command func(seg string) *exec.Cmd, c
 		total += time.Since(start)
 		s, st, rss := parseLog(stderr.String())
 		in, out, tm.rss = in+s, out+st, max(tm.rss, rss)
+		for kind, n := range parseRequests(stderr.String()) {
+			if tm.requests == nil {
+				tm.requests = map[string]int64{}
+			}
+			tm.requests[kind] += n
+		}
 		for _, f := range check {
 			f(seg)
 		}
@@ -162,6 +184,23 @@ func timeEach(t *testing.T, segs []string, command func(seg string) *exec.Cmd, c
 		tm.stored = float64(out) / float64(in)
 	}
 	return tm
+}
+
+// parseRequests reads requests_put= and the like from walship's debug
+// resources line.
+func parseRequests(log string) map[string]int64 {
+	out := map[string]int64{}
+	for _, f := range strings.Fields(log) {
+		if rest, ok := strings.CutPrefix(f, "requests_"); ok {
+			kind, v, ok := strings.Cut(rest, "=")
+			var n int64
+			if ok {
+				fmt.Sscan(v, &n)
+				out[strings.ToUpper(kind)] += n
+			}
+		}
+	}
+	return out
 }
 
 // parseLog reads size=, stored= and peak_rss= from walship's log lines.

@@ -127,6 +127,7 @@ type Storage struct {
 	endpoint string // for messages
 	stall    time.Duration
 	partSize int64 // of a stream's first parts
+	counts   *requestCounts
 }
 
 var (
@@ -186,6 +187,7 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 			}
 		})
 
+	counts := &requestCounts{n: map[string]int64{}}
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
 		// Errors are returned, not logged: walship decides what to print.
@@ -199,7 +201,7 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 		return nil, storage.Permanent(fmt.Errorf("load AWS configuration: %w (check AWS_PROFILE, ~/.aws/config and ~/.aws/credentials)", err))
 	}
 
-	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall, partSize: partSize}
+	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall, partSize: partSize, counts: counts}
 	var noRegion bool
 	s.client = s3.NewFromConfig(cfg, func(so *s3.Options) {
 		if o.Endpoint != "" {
@@ -215,6 +217,9 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 		noRegion = so.Region == ""
 		s.endpoint = cmp.Or(s.endpoint, "AWS S3 in "+so.Region)
 		so.UsePathStyle = o.PathStyle
+		// Wrapped here, not in the shared configuration, whose loader
+		// needs the buildable client itself (for AWS_CA_BUNDLE).
+		so.HTTPClient = countingClient{next: so.HTTPClient, counts: counts}
 		// One attempt per call: storage.WithRetry owns retries, with
 		// walship's backoff and time budget. SDK retries underneath
 		// would multiply attempts and hide how long a call really took.

@@ -77,6 +77,7 @@ func TestS3(t *testing.T) {
 	t.Run("ServerVerifiesChecksum", func(t *testing.T) { testServerVerifiesChecksum(t, srv) })
 	t.Run("ConditionalPutRace", func(t *testing.T) { testConditionalPutRace(t, srv) })
 	t.Run("DeleteBatchPrefix", func(t *testing.T) { testDeleteBatchPrefix(t, srv) })
+	t.Run("RequestCounts", func(t *testing.T) { testRequestCounts(t, srv) })
 	t.Run("WrongCredentials", func(t *testing.T) { testWrongCredentials(t, srv) })
 	t.Run("MissingBucket", func(t *testing.T) { testMissingBucket(t, srv) })
 	t.Run("String", func(t *testing.T) {
@@ -470,5 +471,32 @@ func checkContent(t *testing.T, st storage.Storage, key string, want []byte) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("Get(%q): %d bytes that differ from the %d stored", key, len(got), len(want))
+	}
+}
+
+// testRequestCounts: one Put is one PUT, one Get one GET, one Stat one
+// HEAD, a listing of a few keys one LIST.
+func testRequestCounts(t *testing.T, srv *s3test.Server) {
+	st := open(t, srv, s3.Options{Bucket: srv.NewBucket(t)})
+	ctx := context.Background()
+	if err := st.Put(ctx, "wal/a", bytes.NewReader([]byte("x")), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := st.Get(ctx, "wal/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, rc)
+	rc.Close()
+	if _, err := st.Stat(ctx, "wal/a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.List(ctx, "wal/", func(storage.ObjectInfo) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got := st.Requests()
+	want := map[string]int64{"PUT": 1, "GET": 1, "HEAD": 1, "LIST": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("requests %v, want %v", got, want)
 	}
 }

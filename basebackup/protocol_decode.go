@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/walship/walship/internal/pgrepl"
 	"github.com/walship/walship/wal"
 )
 
@@ -645,21 +646,8 @@ func (r *copyReader) finish(handlerErr error) error {
 	return nil
 }
 
-// parseTimeline reads a timeline ID sent as decimal text.
-func parseTimeline(b []byte) (wal.TimeLineID, error) {
-	n, err := strconv.ParseUint(string(b), 10, 32)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("invalid timeline %s: want a decimal number from 1 to 4294967295", quoteServerText(string(b)))
-	}
-	return wal.TimeLineID(n), nil
-}
-
-// quoteServerText quotes text that came from the server for an error message,
-// shortened so that a huge value cannot flood a log line.
-func quoteServerText(s string) string {
-	const max = 64
-	if len(s) > max {
-		return strconv.Quote(s[:max]) + "..."
-	}
-	return strconv.Quote(s)
-}
+// Helpers shared with the other replication commands.
+var (
+	parseTimeline   = pgrepl.ParseTimeline
+	quoteServerText = pgrepl.QuoteServerText
+)

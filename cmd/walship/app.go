@@ -243,6 +243,17 @@ func retryOptions(c *cli.Context, log *slog.Logger) storage.RetryOptions {
 	return o
 }
 
+// openRepoCodec is openRepo for commands that also write: the archive
+// and the codec of --compress.
+func (a *app) openRepoCodec(c *cli.Context) (storage.Storage, codec.Codec, error) {
+	cd, err := compression(c)
+	if err != nil {
+		return nil, codec.Codec{}, err
+	}
+	s, err := a.openRepo(c)
+	return s, cd, err
+}
+
 // openRepo opens the archive named by --repo, with timeouts and retries
 // on every call.
 func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {

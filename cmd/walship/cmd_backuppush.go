@@ -41,11 +41,7 @@ func (a *app) backupPush(c *cli.Context) error {
 	if _, err := args(c, 0); err != nil {
 		return err
 	}
-	cd, err := compression(c)
-	if err != nil {
-		return err
-	}
-	s, err := a.openRepo(c)
+	s, cd, err := a.openRepoCodec(c)
 	if err != nil {
 		return err
 	}

@@ -45,11 +45,7 @@ func (a *app) walPush(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cd, err := compression(c)
-	if err != nil {
-		return err
-	}
-	s, err := a.openRepo(c)
+	s, cd, err := a.openRepoCodec(c)
 	if err != nil {
 		return err
 	}

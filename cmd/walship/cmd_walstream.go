@@ -77,11 +77,7 @@ func (a *app) walStream(c *cli.Context) error {
 	if c.Duration("status-interval") < 100*time.Millisecond {
 		return withCode(exitUsage, errors.New("wal-stream: --status-interval must be at least 100ms"))
 	}
-	cd, err := compression(c)
-	if err != nil {
-		return err
-	}
-	s, err := a.openRepo(c)
+	s, cd, err := a.openRepoCodec(c)
 	if err != nil {
 		return err
 	}

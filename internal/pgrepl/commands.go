@@ -89,7 +89,7 @@ func parseTimelineHistory(tli wal.TimeLineID, r *pgconn.Result) (string, []byte,
 	fn, err := wal.ParseFileName(name)
 	if err != nil || fn.Kind != wal.KindHistory || fn.TLI != tli {
 		return "", nil, protocolErrorf("%s: the server sent file name %s, want %s",
-			cmd, quoteServerText(name), wal.HistoryFileName(tli))
+			cmd, QuoteServerText(name), wal.HistoryFileName(tli))
 	}
 	return name, row[1], nil
 }
@@ -160,7 +160,7 @@ func parseSlot(slot string, r *pgconn.Result) (Slot, error) {
 		}
 		return Slot{}, nil
 	case string(row[0]) != "physical":
-		return Slot{}, fmt.Errorf("%s: the slot is of type %s, not physical", cmd, quoteServerText(string(row[0])))
+		return Slot{}, fmt.Errorf("%s: the slot is of type %s, not physical", cmd, QuoteServerText(string(row[0])))
 	}
 	s := Slot{Exists: true}
 	if (row[1] == nil) != (row[2] == nil) {
@@ -171,9 +171,9 @@ func parseSlot(slot string, r *pgconn.Result) (Slot, error) {
 	}
 	lsn, err := wal.ParseLSN(string(row[1]))
 	if err != nil || lsn == 0 {
-		return Slot{}, protocolErrorf("%s: invalid restart_lsn %s", cmd, quoteServerText(string(row[1])))
+		return Slot{}, protocolErrorf("%s: invalid restart_lsn %s", cmd, QuoteServerText(string(row[1])))
 	}
-	tli, err := parseTimeline(row[2])
+	tli, err := ParseTimeline(row[2])
 	if err != nil {
 		return Slot{}, protocolErrorf("%s: restart_tli: %v", cmd, err)
 	}
@@ -215,7 +215,7 @@ func checkSlotName(slot string) error {
 	}
 	if !ok {
 		return fmt.Errorf("invalid replication slot name %s: use 1 to %d lower-case letters, digits and underscores",
-			quoteServerText(slot), maxSlotName)
+			QuoteServerText(slot), maxSlotName)
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ func ParseServerVersion(s string) (int, error) {
 	}
 	switch {
 	case len(parts) == 0 || parts[0] == 0:
-		return 0, fmt.Errorf("cannot read the PostgreSQL version from server_version %s", quoteServerText(s))
+		return 0, fmt.Errorf("cannot read the PostgreSQL version from server_version %s", QuoteServerText(s))
 	case parts[0] >= 10 && len(parts) == 1: // "17devel", "18beta1"
 		return parts[0] * 10000, nil
 	case parts[0] >= 10:
@@ -149,9 +149,9 @@ func ParseIdentifySystem(r *pgconn.Result) (SystemInfo, error) {
 	}
 	sysid, err := strconv.ParseUint(string(row[0]), 10, 64)
 	if err != nil {
-		return SystemInfo{}, fmt.Errorf("IDENTIFY_SYSTEM: invalid systemid %s", quoteServerText(string(row[0])))
+		return SystemInfo{}, fmt.Errorf("IDENTIFY_SYSTEM: invalid systemid %s", QuoteServerText(string(row[0])))
 	}
-	tli, err := parseTimeline(row[1])
+	tli, err := ParseTimeline(row[1])
 	if err != nil {
 		return SystemInfo{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
 	}
@@ -191,18 +191,18 @@ func SegmentSize(ctx context.Context, conn *pgconn.PgConn) (int64, error) {
 	return n, wal.CheckSegmentSize(n)
 }
 
-// parseTimeline reads a timeline ID sent as decimal text.
-func parseTimeline(b []byte) (wal.TimeLineID, error) {
+// ParseTimeline reads a timeline ID the server sent as decimal text.
+func ParseTimeline(b []byte) (wal.TimeLineID, error) {
 	n, err := strconv.ParseUint(string(b), 10, 32)
 	if err != nil || n == 0 {
-		return 0, fmt.Errorf("invalid timeline %s: want a decimal number from 1 to 4294967295", quoteServerText(string(b)))
+		return 0, fmt.Errorf("invalid timeline %s: want a decimal number from 1 to 4294967295", QuoteServerText(string(b)))
 	}
 	return wal.TimeLineID(n), nil
 }
 
-// quoteServerText quotes text that came from the server for an error message,
-// shortened so that a huge value cannot flood a log line.
-func quoteServerText(s string) string {
+// QuoteServerText quotes text that came from the server for an error
+// message, shortened so that a huge value cannot flood a log line.
+func QuoteServerText(s string) string {
 	const max = 64
 	if len(s) > max {
 		return strconv.Quote(s[:max]) + "..."

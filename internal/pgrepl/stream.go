@@ -315,7 +315,7 @@ func parseTimelineEnd(values [][]byte) (TimelineEnd, error) {
 	if len(values) != 2 || values[0] == nil || values[1] == nil {
 		return TimelineEnd{}, protocolErrorf("%s: want a row of next_tli and next_tli_startpos, without NULLs", what)
 	}
-	tli, err := parseTimeline(values[0])
+	tli, err := ParseTimeline(values[0])
 	if err != nil {
 		return TimelineEnd{}, protocolErrorf("%s: next_tli: %v", what, err)
 	}

@@ -29,7 +29,7 @@ import (
 //     those named in Keep stay.
 //
 // WAL goes per timeline: on timeline T, the segments, .partial and
-// .backup files before the start of the oldest retained backup whose
+// .backup files (and wal-stream's snapshots, partial/) before the start of the oldest retained backup whose
 // recovery can reach T (T is its own timeline, or T forked from it after
 // the backup started, as T's history file says) — and on a timeline no
 // retained backup reaches, those before the oldest retained backup's
@@ -293,6 +293,24 @@ func (p *Plan) planWAL(ctx context.Context, s storage.Storage, needs []basebacku
 			return nil
 		}
 		files = append(files, walFile{key: o.Key, name: base, tli: fn.TLI, seg: seg, size: o.Size})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", s, err)
+	}
+	// wal-stream's snapshots of segments (partial/<segment>.<bytes>)
+	// go with their segment.
+	err = s.List(ctx, archive.PartialPrefix, func(o storage.ObjectInfo) error {
+		seg, _, _ := strings.Cut(strings.TrimPrefix(o.Key, archive.PartialPrefix), ".")
+		fn, err := wal.ParseFileName(seg)
+		if err != nil || fn.Kind != wal.KindSegment {
+			return nil
+		}
+		n, err := fn.SegNo(segSize)
+		if err != nil {
+			return nil
+		}
+		files = append(files, walFile{key: o.Key, name: strings.TrimPrefix(o.Key, archive.PartialPrefix), tli: fn.TLI, seg: n, size: o.Size})
 		return nil
 	})
 	if err != nil {

@@ -148,6 +148,9 @@ func wantSet(t *testing.T, what string, got []string, want ...[]string) {
 func TestRetainFull(t *testing.T) {
 	a := newFakeArchive(t)
 	a.wal(1, 1, 10)
+	// wal-stream snapshots go with their segment.
+	putChecked(t, a.s, "partial/"+wal.SegmentFileName(1, 3, seg16)+".00001000.zst", []byte("x"))
+	putChecked(t, a.s, "partial/"+wal.SegmentFileName(1, 11, seg16)+".00001000.zst", []byte("x"))
 	a.backup("base_1", 1, 2, t0)
 	a.backup("base_2", 1, 5, t0.Add(time.Hour))
 	a.backup("base_3", 1, 8, t0.Add(2*time.Hour))
@@ -157,6 +160,13 @@ func TestRetainFull(t *testing.T) {
 	}
 	wantSet(t, "backups", a.backupsLeft(), []string{"base_2", "base_3"})
 	wantSet(t, "WAL", a.walLeft(), segNames(1, 5, 10))
+	var snaps []string
+	for _, k := range a.keys() {
+		if strings.HasPrefix(k, "partial/") {
+			snaps = append(snaps, k)
+		}
+	}
+	wantSet(t, "snapshots", snaps, []string{"partial/" + wal.SegmentFileName(1, 11, seg16) + ".00001000.zst"})
 }
 
 // TestRetentionAcrossPromotion: the newest backup is on timeline 2; WAL

@@ -42,11 +42,11 @@ type spool struct {
 // processes never write one spool.
 func openSpool(dir string) (*spool, error) {
 	if err := os.MkdirAll(dir, spoolDirMod); err != nil {
-		return nil, fmt.Errorf("spool directory: %w", err)
+		return nil, fmt.Errorf("spool directory: %w (give --spool a directory this user can write)", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, spoolFilMod)
 	if err != nil {
-		return nil, fmt.Errorf("spool directory: %w", err)
+		return nil, fmt.Errorf("spool directory: %w (give --spool a directory this user can write)", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()

@@ -65,7 +65,7 @@ type Options struct {
 
 // ErrFatal matches errors that retrying cannot fix: wal-stream stops with
 // them instead of reconnecting.
-var ErrFatal = errors.New("wal-stream cannot go on")
+var ErrFatal = errors.New("giving up")
 
 func fatal(err error) error { return fmt.Errorf("%w: %w", ErrFatal, err) }
 

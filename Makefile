@@ -2,7 +2,7 @@
 #
 #   make demo    archive a live PostgreSQL into ./demo/archive and restore it
 #   make test    everything: lint, unit, storage conformance (MinIO), end to end
-#   make bench   wal-push / wal-fetch speed and compression against cp and zstd
+#   make bench   speed, memory and requests against baselines measured in the same run
 
 GO        ?= go
 GOBIN     := $(shell $(GO) env GOPATH)/bin

@@ -23,7 +23,7 @@ func PutStream(ctx context.Context, s storage.Storage, key string, r io.Reader, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		zw, err := c.NewWriter(pw)
+		zw, err := c.NewStreamWriter(pw)
 		if err == nil {
 			n, err = io.Copy(zw, io.TeeReader(r, h))
 			if cerr := zw.Close(); err == nil {

@@ -187,7 +187,7 @@ func waitWAL(ctx context.Context, s storage.Storage, name string, o PushOptions)
 	}
 	deadline := time.Now().Add(timeout)
 	logged := false
-	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+	for delay := 50 * time.Millisecond; ; delay = min(delay*3/2, time.Second) {
 		ok, err := archive.HasWAL(ctx, s, name)
 		if err != nil {
 			return err

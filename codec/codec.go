@@ -9,6 +9,7 @@ package codec
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 
 	"github.com/klauspost/compress/gzip"
@@ -21,6 +22,8 @@ type Codec struct {
 	name string
 	ext  string // object-name suffix including the dot; "" for none
 	enc  func(w io.Writer) (io.WriteCloser, error)
+	// encN is enc for one long stream, compressing blocks on n cores.
+	encN func(w io.Writer, n int) (io.WriteCloser, error)
 	dec  func(r io.Reader) (io.ReadCloser, error)
 }
 
@@ -33,6 +36,16 @@ func (c Codec) Ext() string { return c.ext }
 // NewWriter returns a writer that compresses into w. Close flushes the
 // stream; it does not close w.
 func (c Codec) NewWriter(w io.Writer) (io.WriteCloser, error) { return c.enc(w) }
+
+// NewStreamWriter is NewWriter for one long stream (a base backup's
+// archive): it compresses blocks on every core, where NewWriter uses one
+// so that several segments can be pushed at once.
+func (c Codec) NewStreamWriter(w io.Writer) (io.WriteCloser, error) {
+	if c.encN == nil {
+		return c.enc(w)
+	}
+	return c.encN(w, runtime.GOMAXPROCS(0))
+}
 
 // NewReader returns a reader of the decompressed content of r.
 func (c Codec) NewReader(r io.Reader) (io.ReadCloser, error) { return c.dec(r) }
@@ -53,6 +66,10 @@ var table = []Codec{
 			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault),
 				zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithWindowSize(2<<20))
 		},
+		encN: func(w io.Writer, n int) (io.WriteCloser, error) {
+			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault),
+				zstd.WithEncoderConcurrency(n), zstd.WithEncoderCRC(true), zstd.WithWindowSize(2<<20))
+		},
 		dec: func(r io.Reader) (io.ReadCloser, error) {
 			d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1),
 				zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderLowmem(false))
@@ -66,6 +83,9 @@ var table = []Codec{
 		name: "s2", ext: ".s2",
 		enc: func(w io.Writer) (io.WriteCloser, error) {
 			return s2.NewWriter(w, s2.WriterConcurrency(1)), nil
+		},
+		encN: func(w io.Writer, n int) (io.WriteCloser, error) {
+			return s2.NewWriter(w, s2.WriterConcurrency(n)), nil
 		},
 		dec: func(r io.Reader) (io.ReadCloser, error) {
 			return io.NopCloser(s2.NewReader(r)), nil

@@ -20,9 +20,7 @@ import (
 // the baseline: one segment per call) and on, to a file:// archive and to
 // MinIO, and prints segments per second.
 func TestBenchPushAhead(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	const n = 32
 	bin := buildWalship(t)
 	srv := s3test.Start(t)

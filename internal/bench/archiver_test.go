@@ -22,9 +22,7 @@ import (
 // and samples the .ready files in pg_wal/archive_status every half
 // second: a growing count is an archiver falling behind.
 func TestBenchArchiver(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	seconds := 30
 	if v, err := strconv.Atoi(os.Getenv("WALSHIP_BENCH_ARCHIVER_SECONDS")); err == nil && v > 0 {
 		seconds = v

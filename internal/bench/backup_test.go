@@ -18,9 +18,7 @@ import (
 // of about 1 GB against pg_basebackup -Ft and -Fp of the same database in
 // the same run. Scale with WALSHIP_BENCH_SCALE (pgbench scale, default 70).
 func TestBenchBackup(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	scale := 70
 	if v, err := strconv.Atoi(os.Getenv("WALSHIP_BENCH_SCALE")); err == nil && v > 0 {
 		scale = v

@@ -29,9 +29,7 @@ import (
 const maxSegments = 12
 
 func TestBenchTable(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	bin := buildWalship(t)
 	real := pgbenchWAL(t)
 	random := randomWAL(t, len(real))
@@ -250,6 +248,14 @@ func sameFile(t *testing.T, a, b string) bool {
 
 // buildWalship builds the binary where the PostgreSQL server user can run
 // it (archive_command).
+// skipUnlessBench skips a benchmark outside make bench.
+func skipUnlessBench(t *testing.T) {
+	t.Helper()
+	if os.Getenv("WALSHIP_BENCH") == "" {
+		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
+	}
+}
+
 func buildWalship(t *testing.T) string {
 	bin := filepath.Join(pgtest.NewDir(t, "bin"), "walship")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/walship/walship/cmd/walship").CombinedOutput()

@@ -22,9 +22,7 @@ import (
 // against PostgreSQL replaying the same WAL from its own pg_wal, in the
 // same run. WALSHIP_BENCH_DR_MB sets how much WAL to replay (default 2048).
 func TestBenchDR(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	target := int64(2048)
 	if v, err := strconv.ParseInt(os.Getenv("WALSHIP_BENCH_DR_MB"), 10, 64); err == nil && v > 0 {
 		target = v

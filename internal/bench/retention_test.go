@@ -28,9 +28,7 @@ import (
 // run: one recursive listing for wal-verify, and one DELETE request per
 // object (measured on 1,000 objects) for backup-delete.
 func TestBenchRetention(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	n := 30_000
 	if v, err := strconv.Atoi(os.Getenv("WALSHIP_BENCH_SEGMENTS")); err == nil && v >= 1000 {
 		n = v

@@ -19,9 +19,7 @@ import (
 // behind its WAL end and flush_lag, sampled every 100 ms), CPU time and
 // peak resident memory.
 func TestBenchStream(t *testing.T) {
-	if os.Getenv("WALSHIP_BENCH") == "" {
-		t.Skip("set WALSHIP_BENCH=1 (make bench) to run the benchmark")
-	}
+	skipUnlessBench(t)
 	seconds := 30
 	if v, err := strconv.Atoi(os.Getenv("WALSHIP_BENCH_STREAM_SECONDS")); err == nil && v > 0 {
 		seconds = v

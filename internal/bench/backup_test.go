@@ -45,12 +45,15 @@ func TestBenchBackup(t *testing.T) {
 	switchWAL := func() { c.Psql(t, "SELECT pg_switch_wal()") }
 
 	var rows []backupRow
+	var lastRSS int64 // peak RSS walship logged in the last timed run
 	timeIt := func(what string, cmd *exec.Cmd) time.Duration {
 		t.Helper()
 		start := time.Now()
-		if out, err := cmd.CombinedOutput(); err != nil {
+		out, err := cmd.CombinedOutput()
+		if err != nil {
 			t.Fatalf("%s: %v\n%s", what, err, out)
 		}
+		_, _, lastRSS = parseLog(string(out))
 		return time.Since(start)
 	}
 	// The first read of freshly loaded tables costs more than any later
@@ -75,7 +78,7 @@ func TestBenchBackup(t *testing.T) {
 		name string
 		env  []string
 	}{{"file", fileEnv}, {"s3", s3Env}} {
-		push := exec.Command(bin, "backup-push", "--pg", conn)
+		push := exec.Command(bin, "--log-level", "debug", "backup-push", "--pg", conn)
 		push.Env = append(os.Environ(), a.env...)
 		done := make(chan struct{})
 		go func() { // the backup's last segment must be archived
@@ -90,20 +93,24 @@ func TestBenchBackup(t *testing.T) {
 		}()
 		d := timeIt("backup-push "+a.name, push)
 		close(done)
-		rows = append(rows, backupRow{what: "walship backup-push (zstd)", archive: a.name, d: d, bytes: size})
+		rows = append(rows, backupRow{what: "walship backup-push (zstd)", archive: a.name, d: d, bytes: size, rss: lastRSS})
 
 		dest := filepath.Join(pgtest.NewDir(t, "restore"), "data")
-		fetch := exec.Command(bin, "backup-fetch", "LATEST", dest)
+		fetch := exec.Command(bin, "--log-level", "debug", "backup-fetch", "LATEST", dest)
 		fetch.Env = append(os.Environ(), a.env...)
 		d = timeIt("backup-fetch "+a.name, fetch)
-		rows = append(rows, backupRow{what: "walship backup-fetch", archive: a.name, d: d, bytes: size})
+		rows = append(rows, backupRow{what: "walship backup-fetch", archive: a.name, d: d, bytes: size, rss: lastRSS})
 		os.RemoveAll(dest)
 	}
 	base := rows[0].d
 	fmt.Printf("\nbase backup of %d MB (pgbench scale %d)\n", size>>20, scale)
-	fmt.Printf("%-46s %-8s %10s %8s %12s\n", "operation", "archive", "seconds", "MB/s", "time vs -Ft")
+	fmt.Printf("%-46s %-8s %10s %8s %12s %10s\n", "operation", "archive", "seconds", "MB/s", "time vs -Ft", "peak RSS")
 	for _, r := range rows {
-		fmt.Printf("%-46s %-8s %10.1f %8.0f %11.2fx\n", r.what, r.archive, r.d.Seconds(), float64(r.bytes)/(1<<20)/r.d.Seconds(), float64(r.d)/float64(base))
+		rss := "-"
+		if r.rss > 0 {
+			rss = fmt.Sprintf("%d MB", r.rss>>20)
+		}
+		fmt.Printf("%-46s %-8s %10.1f %8.0f %11.2fx %10s\n", r.what, r.archive, r.d.Seconds(), float64(r.bytes)/(1<<20)/r.d.Seconds(), float64(r.d)/float64(base), rss)
 	}
 }
 
@@ -111,4 +118,5 @@ type backupRow struct {
 	what, archive string
 	d             time.Duration
 	bytes         int64
+	rss           int64 // peak resident set of walship, bytes
 }

@@ -161,13 +161,7 @@ func readyFiles(walDir, skip string, n int) []string {
 		}
 		names = append(names, name)
 	}
-	key := func(name string) string {
-		if strings.HasSuffix(name, ".history") {
-			return "0" + name
-		}
-		return "1" + name[8:] + name[:8]
-	}
-	sort.Slice(names, func(i, j int) bool { return key(names[i]) < key(names[j]) })
+	sort.Slice(names, func(i, j int) bool { return wal.ArchiveLess(names[i], names[j]) })
 	return names[:min(n, len(names))]
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -51,11 +52,7 @@ func ListPartials(ctx context.Context, s storage.Storage, segment string) ([]Par
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", s, err)
 	}
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j].Bytes < out[j-1].Bytes; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Bytes < out[j].Bytes })
 	return out, nil
 }
 

@@ -109,7 +109,19 @@ func ValidName(name string) bool {
 // time and never repeat (the metadata record is written without
 // overwriting, which would catch a collision).
 func newName(t time.Time) string {
-	return "base_" + t.UTC().Format("20060102T150405Z")
+	return namePrefix + t.UTC().Format(nameLayout)
+}
+
+const (
+	namePrefix = "base_"
+	nameLayout = "20060102T150405Z"
+)
+
+// NameTime is the start time encoded in the name of a backup walship
+// made; ok is false for other names.
+func NameTime(name string) (t time.Time, ok bool) {
+	t, err := time.Parse(nameLayout, strings.TrimPrefix(name, namePrefix))
+	return t, err == nil
 }
 
 // putMeta writes b's metadata record; it must come last.

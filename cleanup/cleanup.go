@@ -144,7 +144,7 @@ func Archive(ctx context.Context, s storage.Storage, oldestArg string, o Archive
 	backups := inv.Backups
 	for _, in := range inv.Incomplete {
 		// A backup-push still running needs its WAL as much.
-		if in.Started != nil && time.Since(in.Started.StartTime) < StaleAfter {
+		if in.Started != nil && mayBeRunning(in, time.Now()) {
 			backups = append(backups, *in.Started)
 		}
 	}

@@ -148,13 +148,7 @@ func PlanRetention(ctx context.Context, s storage.Storage, pol Policy) (*Plan, e
 		}
 	}
 	for _, in := range inv.Incomplete {
-		started := pol.Now.Add(-StaleAfter)
-		if in.Started != nil {
-			started = in.Started.StartTime
-		} else if t, ok := nameTime(in.Name); ok {
-			started = t
-		}
-		if pol.Now.Sub(started) < StaleAfter || pol.Now.Sub(in.Newest) < StaleAfter {
+		if mayBeRunning(in, pol.Now) {
 			p.Running = append(p.Running, in.Name)
 			if in.Started != nil {
 				needs = append(needs, *in.Started)
@@ -174,10 +168,15 @@ func PlanRetention(ctx context.Context, s storage.Storage, pol Policy) (*Plan, e
 	return p, nil
 }
 
-// nameTime is the start time walship encodes in a backup's name.
-func nameTime(name string) (time.Time, bool) {
-	t, err := time.Parse("20060102T150405Z", strings.TrimPrefix(name, "base_"))
-	return t, err == nil
+// mayBeRunning reports whether a backup without metadata record may
+// still be running at now: it started (by its start record, else its
+// name) or last stored an object less than StaleAfter ago.
+func mayBeRunning(in basebackup.Incomplete, now time.Time) bool {
+	started, ok := basebackup.NameTime(in.Name)
+	if in.Started != nil {
+		started, ok = in.Started.StartTime, true
+	}
+	return ok && now.Sub(started) < StaleAfter || now.Sub(in.Newest) < StaleAfter
 }
 
 // decide applies pol to backups (oldest first).

@@ -4,6 +4,8 @@
 // terminal gets a status line, cron gets nothing).
 package progress
 
+import "fmt"
+
 // Reporter receives progress of one operation. Implementations must be
 // safe for concurrent use: parallel transfers report from several
 // goroutines.
@@ -35,4 +37,18 @@ func Or(r Reporter) Reporter {
 		return Nop{}
 	}
 	return r
+}
+
+// Bytes formats a byte count for people: "512 B", "16.0 MiB".
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -67,7 +66,7 @@ func (s *spool) path(name string) string { return filepath.Join(s.dir, name) }
 
 // contents lists the complete segments (in ready/ or, after a crash
 // between the rename and the move, at the top) and the .partial segments
-// of the spool, each oldest first.
+// of the spool.
 func (s *spool) contents() (complete, partial []wal.FileName, err error) {
 	for _, dir := range []string{s.dir, s.path(readyDir)} {
 		entries, err := os.ReadDir(dir)
@@ -90,11 +89,6 @@ func (s *spool) contents() (complete, partial []wal.FileName, err error) {
 			}
 		}
 	}
-	byPos := func(f []wal.FileName) {
-		sort.Slice(f, func(i, j int) bool { return f[i].String()[8:]+f[i].String()[:8] < f[j].String()[8:]+f[j].String()[:8] })
-	}
-	byPos(complete)
-	byPos(partial)
 	return complete, partial, nil
 }
 

@@ -358,13 +358,11 @@ func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys 
 			if tli == 0 {
 				tli = sys.Timeline
 			}
-			return position{tli, segmentStart(slot.RestartLSN, st.segSize)}, nil
+			return position{tli, segmentStartOf(slot.RestartLSN, st.segSize)}, nil
 		}
 	}
-	return position{sys.Timeline, segmentStart(sys.XLogPos, st.segSize)}, nil
+	return position{sys.Timeline, segmentStartOf(sys.XLogPos, st.segSize)}, nil
 }
-
-func segmentStart(lsn wal.LSN, segSize int64) wal.LSN { return segmentStartOf(lsn, segSize) }
 
 // newestArchived is the start of the newest complete segment in the
 // archive for which onPath is true (the highest position, then the
@@ -575,7 +573,7 @@ func (st *streamer) switchTimeline(ctx context.Context, conn *pgconn.PgConn, end
 	// Always restart at a segment's beginning, as pg_receivewal does:
 	// the new timeline's file of the switch segment starts with the old
 	// timeline's WAL.
-	st.pos = position{end.NextTLI, segmentStart(end.NextStart, st.segSize)}
+	st.pos = position{end.NextTLI, segmentStartOf(end.NextStart, st.segSize)}
 	return nil
 }
 
@@ -665,12 +663,6 @@ func (s *spool) readyFiles() ([]string, error) {
 			names = append(names, e.Name())
 		}
 	}
-	key := func(n string) string {
-		if strings.HasSuffix(n, ".history") {
-			return "0" + n
-		}
-		return "1" + n[8:24] + n[:8] + n[24:]
-	}
-	sort.Slice(names, func(i, j int) bool { return key(names[i]) < key(names[j]) })
+	sort.Slice(names, func(i, j int) bool { return wal.ArchiveLess(names[i], names[j]) })
 	return names, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/progress"
 	"github.com/walship/walship/storage"
 )
 
@@ -115,7 +116,7 @@ func (u *uploader) push(ctx context.Context, name string) error {
 		if res.AlreadyArchived {
 			verb = "already archived"
 		}
-		u.log.Info(fmt.Sprintf("%s streamed %s: %s → %s %s in %v", verb, name, humanSize(res.Size), humanSize(res.Stored), res.Codec, res.Duration.Round(time.Millisecond)),
+		u.log.Info(fmt.Sprintf("%s streamed %s: %s → %s %s in %v", verb, name, progress.Bytes(res.Size), progress.Bytes(res.Stored), res.Codec, res.Duration.Round(time.Millisecond)),
 			"file", name, "size", res.Size, "stored", res.Stored)
 	case errors.Is(err, archive.ErrConflict) && isPartialName(name):
 		// The last segment of an ended timeline: the promoted server
@@ -134,14 +135,4 @@ func (u *uploader) push(ctx context.Context, name string) error {
 		}
 	}
 	return u.sp.remove(filepath.Join(readyDir, name))
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

@@ -246,3 +246,20 @@ func BackupHistoryFileName(tli TimeLineID, start LSN, segSize int64) string {
 	f.Offset = uint32(SegmentOffset(start, segSize))
 	return f.String()
 }
+
+// ArchiveLess orders the names of archived files the way recovery needs
+// them: timeline history files first, then by position in the WAL (a
+// .partial or .backup file with its segment), then by timeline. Names
+// that are not WAL file names go last.
+func ArchiveLess(a, b string) bool { return archiveKey(a) < archiveKey(b) }
+
+func archiveKey(name string) string {
+	f, err := ParseFileName(name)
+	switch {
+	case err != nil:
+		return "2" + name
+	case f.Kind == KindHistory:
+		return "0" + name
+	}
+	return "1" + name[8:segmentNameLen] + name[:8] + name[segmentNameLen:]
+}

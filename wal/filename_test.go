@@ -2,6 +2,8 @@ package wal
 
 import (
 	"errors"
+	"fmt"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -250,5 +252,22 @@ func TestNameBuilders(t *testing.T) {
 	f := SegmentFile(3, 257, 16<<20)
 	if f != (FileName{Kind: KindSegment, TLI: 3, Log: 1, Seg: 1}) {
 		t.Errorf("SegmentFile = %+v", f)
+	}
+}
+
+func TestArchiveLess(t *testing.T) {
+	names := []string{
+		"junk",
+		"000000020000000000000003",
+		"000000010000000000000004",
+		"00000002.history",
+		"000000010000000000000003.partial",
+		"000000010000000000000003",
+	}
+	sort.Slice(names, func(i, j int) bool { return ArchiveLess(names[i], names[j]) })
+	want := []string{"00000002.history", "000000010000000000000003", "000000010000000000000003.partial",
+		"000000020000000000000003", "000000010000000000000004", "junk"}
+	if fmt.Sprint(names) != fmt.Sprint(want) {
+		t.Fatalf("order %v, want %v", names, want)
 	}
 }

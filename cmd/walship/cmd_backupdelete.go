@@ -13,6 +13,7 @@ import (
 
 	"github.com/walship/walship/basebackup"
 	"github.com/walship/walship/cleanup"
+	"github.com/walship/walship/progress"
 )
 
 // datePrefix tells a time given to --before from a backup name.
@@ -119,7 +120,7 @@ func printPlan(out io.Writer, p *cleanup.Plan, confirm bool) {
 		if d.Delete {
 			action = verb
 		}
-		fmt.Fprintf(w, "%s\tbackup %s\tfinished %s\ttimeline %d\t%s\t%s\n", action, d.Name, d.FinishTime.Local().Format(time.DateTime), d.Timeline, humanBytes(d.StoredSize), d.Reason)
+		fmt.Fprintf(w, "%s\tbackup %s\tfinished %s\ttimeline %d\t%s\t%s\n", action, d.Name, d.FinishTime.Local().Format(time.DateTime), d.Timeline, progress.Bytes(d.StoredSize), d.Reason)
 	}
 	for _, name := range p.Leftovers {
 		fmt.Fprintf(w, "%s\tbackup %s\tnever completed\t\t\tinterrupted more than %v ago\n", verb, name, cleanup.StaleAfter)
@@ -128,7 +129,7 @@ func printPlan(out io.Writer, p *cleanup.Plan, confirm bool) {
 		fmt.Fprintf(w, "keep\tbackup %s\tnot completed\t\t\tmay still be running: its WAL is kept\n", name)
 	}
 	for _, r := range p.WAL {
-		fmt.Fprintf(w, "%s\tWAL timeline %d\t%s … %s\t%d files\t%s\tkeeping from %s\n", verb, r.Timeline, r.First, r.Last, r.Files, humanBytes(r.Bytes), r.KeepFrom)
+		fmt.Fprintf(w, "%s\tWAL timeline %d\t%s … %s\t%d files\t%s\tkeeping from %s\n", verb, r.Timeline, r.First, r.Last, r.Files, progress.Bytes(r.Bytes), r.KeepFrom)
 	}
 	w.Flush()
 	for _, n := range p.Notes {

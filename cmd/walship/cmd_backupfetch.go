@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/basebackup"
+	"github.com/walship/walship/progress"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/wal"
 )
@@ -142,7 +143,7 @@ func (a *app) backupFetch(c *cli.Context) error {
 		mode = "point-in-time recovery"
 	}
 	a.log.Info(fmt.Sprintf("restored %s into %s: %s in %s (%s/s); %s — start PostgreSQL on %s",
-		b.Name, dir, humanBytes(b.Size), took.Round(time.Second/10), humanBytes(int64(float64(b.Size)/took.Seconds())), mode, dir),
+		b.Name, dir, progress.Bytes(b.Size), took.Round(time.Second/10), progress.Bytes(int64(float64(b.Size)/took.Seconds())), mode, dir),
 		"backup", b.Name, "size", b.Size, "ms", took.Milliseconds())
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/basebackup"
+	"github.com/walship/walship/progress"
 )
 
 func (a *app) backupListCommand() *cli.Command {
@@ -58,7 +59,7 @@ func (a *app) backupList(c *cli.Context) error {
 			kept = "permanent"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s … %s\t%s\t%s\t%d\t%s\n", b.Name, b.FinishTime.Local().Format(time.DateTime),
-			b.Timeline, b.StartLSN, b.StopLSN, b.StartWAL, b.StopWAL, humanBytes(b.Size), humanBytes(b.StoredSize), b.MajorVersion(), kept)
+			b.Timeline, b.StartLSN, b.StopLSN, b.StartWAL, b.StopWAL, progress.Bytes(b.Size), progress.Bytes(b.StoredSize), b.MajorVersion(), kept)
 	}
 	return w.Flush()
 }

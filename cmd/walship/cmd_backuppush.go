@@ -7,6 +7,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/basebackup"
+	"github.com/walship/walship/progress"
 )
 
 func (a *app) backupPushCommand() *cli.Command {
@@ -60,8 +61,8 @@ func (a *app) backupPush(c *cli.Context) error {
 	}
 	took := time.Since(start)
 	a.log.Info(fmt.Sprintf("backup %s complete: %s → %s %s in %s (%s/s), WAL %s … %s",
-		b.Name, humanBytes(b.Size), humanBytes(b.StoredSize), b.Codec, took.Round(time.Second/10),
-		humanBytes(int64(float64(b.Size)/took.Seconds())), b.StartWAL, b.StopWAL),
+		b.Name, progress.Bytes(b.Size), progress.Bytes(b.StoredSize), b.Codec, took.Round(time.Second/10),
+		progress.Bytes(int64(float64(b.Size)/took.Seconds())), b.StartWAL, b.StopWAL),
 		"backup", b.Name, "size", b.Size, "stored", b.StoredSize, "ms", took.Milliseconds())
 	fmt.Fprintln(a.stdout, b.Name)
 	return nil

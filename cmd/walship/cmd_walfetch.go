@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/progress"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/wal"
 )
@@ -111,10 +112,10 @@ func (a *app) walFetch(c *cli.Context) error {
 	}
 	if res.PartialBytes > 0 {
 		a.log.Warn(fmt.Sprintf("restored %s from the streamed snapshot %s: only its first %s were received; recovery ends there",
-			res.Name, res.Key, humanBytes(res.PartialBytes)), "file", res.Name, "partial_bytes", res.PartialBytes)
+			res.Name, res.Key, progress.Bytes(res.PartialBytes)), "file", res.Name, "partial_bytes", res.PartialBytes)
 		return nil
 	}
-	a.log.Info(fmt.Sprintf("restored %s from %s (%s) in %s", res.Name, res.Key, humanBytes(res.Size), res.Duration.Round(1e6)),
+	a.log.Info(fmt.Sprintf("restored %s from %s (%s) in %s", res.Name, res.Key, progress.Bytes(res.Size), res.Duration.Round(1e6)),
 		"file", res.Name, "size", res.Size, "stored", res.Stored, "ms", res.Duration.Milliseconds())
 	return nil
 }

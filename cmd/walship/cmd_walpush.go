@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/progress"
 )
 
 func (a *app) walPushCommand() *cli.Command {
@@ -67,8 +68,12 @@ func (a *app) walPush(c *cli.Context) error {
 	var ahead []archive.AheadResult
 	aheadDone := make(chan struct{})
 	lookAhead := c.Int("parallel") - 1
-	if _, err := archive.LoadIdentity(c.Context, s, o.Repo, o.CacheDir); err != nil {
-		lookAhead = 0
+	if o.DataDir == "" {
+		lookAhead = 0 // no archive_status to look into
+	} else if lookAhead > 0 {
+		if _, err := archive.LoadIdentity(c.Context, s, o.Repo, o.CacheDir); err != nil {
+			lookAhead = 0
+		}
 	}
 	go func() {
 		defer close(aheadDone)
@@ -89,7 +94,7 @@ func (a *app) walPush(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("wal-push %s: %w", argv[0], err)
 	}
-	msg := fmt.Sprintf("archived %s: %s → %s %s (%.1f%%) in %s", res.Name, humanBytes(res.Size), humanBytes(res.Stored),
+	msg := fmt.Sprintf("archived %s: %s → %s %s (%.1f%%) in %s", res.Name, progress.Bytes(res.Size), progress.Bytes(res.Stored),
 		res.Codec, ratio(res.Stored, res.Size), res.Duration.Round(1e6))
 	if res.AlreadyArchived {
 		msg = fmt.Sprintf("%s was already archived with identical content; nothing to do", res.Name)

@@ -71,15 +71,15 @@ func (s *statusLine) draw() {
 	if elapsed > 0 {
 		rate = float64(s.done) / elapsed
 	}
-	line := fmt.Sprintf("%s: %s", s.what, humanBytes(s.done))
+	line := fmt.Sprintf("%s: %s", s.what, progress.Bytes(s.done))
 	if s.total > 0 {
 		pct := min(100, 100*float64(s.done)/float64(s.total))
-		line += fmt.Sprintf(" / %s (%.0f%%)", humanBytes(s.total), pct)
+		line += fmt.Sprintf(" / %s (%.0f%%)", progress.Bytes(s.total), pct)
 		if rate > 0 && s.done < s.total {
 			eta := time.Duration(float64(s.total-s.done)/rate) * time.Second
 			line += fmt.Sprintf(", ETA %s", eta.Round(time.Second))
 		}
 	}
-	line += fmt.Sprintf(", %s/s", humanBytes(int64(rate)))
+	line += fmt.Sprintf(", %s/s", progress.Bytes(int64(rate)))
 	fmt.Fprintf(s.w, "\r\033[K%s", line)
 }

@@ -440,30 +440,7 @@ func testListMany(t *testing.T, s storage.Storage) {
 	// Store in a shuffled order with a few workers, so the listing cannot
 	// lean on insertion order and the suite stays quick on a real server.
 	rand.New(rand.NewPCG(5, 5)).Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
-	work := make(chan string)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for range 16 {
-		wg.Go(func() {
-			for key := range work {
-				data := objects[key]
-				if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), nil); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("Put(%q): %w", key, err))
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	for _, key := range keys {
-		work <- key
-	}
-	close(work)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	putAll(t, s, keys, func(key string) []byte { return objects[key] })
 
 	checkList(t, s, "wal/", objects)
 	checkList(t, s, "", objects)
@@ -542,33 +519,7 @@ func testDeleteAll(t *testing.T, s storage.Storage) {
 	for _, key := range []string{"wal.json", "wal/000000020000000000000000", "wal/00000001000000000000000", "basebackups/b/meta.json"} {
 		kept[key] = []byte(key)
 	}
-	work := make(chan string)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for range 16 {
-		wg.Go(func() {
-			for key := range work {
-				data := []byte(key)
-				if err := s.Put(t.Context(), key, bytes.NewReader(data), int64(len(data)), nil); err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("Put(%q): %w", key, err))
-					mu.Unlock()
-				}
-			}
-		})
-	}
-	for _, key := range keys {
-		work <- key
-	}
-	for key := range kept {
-		work <- key
-	}
-	close(work)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	putAll(t, s, append(slices.Clone(keys), slices.Collect(maps.Keys(kept))...), func(key string) []byte { return []byte(key) })
 
 	// deleteAll deletes some keys and checks that progress counted all
 	// of them, in order, ending with the total.
@@ -1049,4 +1000,34 @@ func testConcurrentPutStream(t *testing.T, s storage.Storage) {
 		}
 	}
 	checkStreamObject(t, s, key, uint64(60+winner), size(winner), streamMeta(fmt.Sprint(winner)))
+}
+
+// putAll stores data(key) under every key, 16 at a time, and fails the
+// test on any error.
+func putAll(t *testing.T, s storage.Storage, keys []string, data func(key string) []byte) {
+	t.Helper()
+	work := make(chan string)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for range 16 {
+		wg.Go(func() {
+			for key := range work {
+				b := data(key)
+				if err := s.Put(t.Context(), key, bytes.NewReader(b), int64(len(b)), nil); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("Put(%q): %w", key, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, key := range keys {
+		work <- key
+	}
+	close(work)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/wal"
 )
@@ -33,6 +34,8 @@ import (
 // one file version, and is trusted for MarkerTTL only; anything else is
 // pushed again, which is harmless (identical content already archived
 // succeeds). The pgsql_tmp prefix keeps the directory out of base backups.
+// The directory and the markers get the data directory's modes (0700/0600,
+// or 0750/0640 with group access).
 
 // AheadDirName is the marker directory inside a data directory.
 const AheadDirName = "pgsql_tmp_walship_push"
@@ -97,7 +100,8 @@ func PushAhead(ctx context.Context, s storage.Storage, path string, n int, o Pus
 		return nil
 	}
 	dir := filepath.Join(o.DataDir, AheadDirName)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	modes := pgperm.Of(o.DataDir)
+	if err := modes.MkdirAll(dir); err != nil {
 		return nil
 	}
 	pruneMarkers(dir)
@@ -107,14 +111,14 @@ func PushAhead(ctx context.Context, s storage.Storage, path string, n int, o Pus
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = pushAhead(ctx, s, filepath.Join(filepath.Dir(path), name), dir, o)
+			results[i] = pushAhead(ctx, s, filepath.Join(filepath.Dir(path), name), dir, modes, o)
 		}()
 	}
 	wg.Wait()
 	return results
 }
 
-func pushAhead(ctx context.Context, s storage.Storage, path, dir string, o PushOptions) AheadResult {
+func pushAhead(ctx context.Context, s storage.Storage, path, dir string, modes pgperm.Modes, o PushOptions) AheadResult {
 	before, err := os.Stat(path)
 	if err != nil {
 		return AheadResult{PushResult: PushResult{Name: filepath.Base(path)}, Err: err}
@@ -131,7 +135,7 @@ func pushAhead(ctx context.Context, s storage.Storage, path, dir string, o PushO
 	m.Repo, m.Pushed = o.Repo, time.Now()
 	data, _ := json.Marshal(m)
 	tmp := filepath.Join(dir, "."+res.Name+".tmp")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := modes.WriteFile(tmp, data); err != nil {
 		return AheadResult{PushResult: res, Err: err}
 	}
 	if err := os.Rename(tmp, filepath.Join(dir, res.Name)); err != nil {

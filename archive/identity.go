@@ -13,9 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/walship/walship/codec"
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/storage"
+	"github.com/walship/walship/wal"
 )
 
 // IdentityKey is the key of the archive's identity record.
@@ -73,13 +77,19 @@ func ReadIdentity(ctx context.Context, s storage.Storage) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
-	data, err := io.ReadAll(io.LimitReader(vr, 1<<20))
+	data, err := ReadSmall(vr, MaxRecordSize)
 	if err != nil {
 		return Identity{}, err
 	}
 	var id Identity
 	if err := json.Unmarshal(data, &id); err != nil {
 		return Identity{}, fmt.Errorf("%w: %s: %v", ErrCorrupt, IdentityKey, err)
+	}
+	// Readers compute with the segment size; walship never records an
+	// identity without it or without a system identifier.
+	if err := wal.CheckSegmentSize(id.SegmentSize); err != nil || id.SystemID == 0 {
+		return Identity{}, fmt.Errorf("%w: %s records system identifier %d and segment size %d, which no PostgreSQL cluster has",
+			ErrCorrupt, IdentityKey, id.SystemID, id.SegmentSize)
 	}
 	return id, nil
 }
@@ -111,34 +121,47 @@ func LoadIdentity(ctx context.Context, s storage.Storage, repo, cacheDir string)
 // (backup-push, wal-stream): an archive without an identity gets id.
 func EnsureIdentity(ctx context.Context, s storage.Storage, repo, cacheDir string, id Identity) (Identity, error) {
 	got, err := LoadIdentity(ctx, s, repo, cacheDir)
-	if !errors.Is(err, ErrNoIdentity) {
+	if err == nil || !errors.Is(err, ErrNoIdentity) && !mayBeMissing(err) {
 		return got, err
 	}
-	got, err = writeIdentity(ctx, s, id)
+	got, _, err = writeIdentity(ctx, s, id)
 	if err == nil {
 		newIdentityCache(cacheDir, repo).store(got)
 	}
 	return got, err
 }
 
+// mayBeMissing reports a failure to read the identity that may mean it
+// is not there: S3 answers a missing key with 403, not 404, to a caller
+// without s3:ListBucket, which a pushing host under least privilege is.
+// Only a conditional write can then tell; if the record exists after
+// all, writeIdentity reads it again and reports why it cannot.
+func mayBeMissing(err error) bool {
+	return storage.IsPermanent(err) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, storage.ErrExist)
+}
+
 // writeIdentity records id unless the archive already has an identity, in
-// which case the stored one is returned.
-func writeIdentity(ctx context.Context, s storage.Storage, id Identity) (Identity, error) {
+// which case the stored one is returned; created says which happened.
+func writeIdentity(ctx context.Context, s storage.Storage, id Identity) (got Identity, created bool, err error) {
 	data, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
-		return Identity{}, err
+		return Identity{}, false, err
 	}
 	data = append(data, '\n')
 	sum := sha256.Sum256(data)
 	d := Digest{SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
 	err = s.Put(ctx, IdentityKey, bytes.NewReader(data), int64(len(data)), d.meta())
 	if errors.Is(err, storage.ErrExist) {
-		return ReadIdentity(ctx, s)
+		got, err = ReadIdentity(ctx, s)
+		if err != nil {
+			return Identity{}, false, fmt.Errorf("read the archive's cluster identity: %w", err)
+		}
+		return got, false, nil
 	}
 	if err != nil {
-		return Identity{}, fmt.Errorf("record the cluster identity in %s: %w", s, err)
+		return Identity{}, false, fmt.Errorf("record the cluster identity in %s: %w", s, err)
 	}
-	return id, nil
+	return id, true, nil
 }
 
 // identityCache keeps the identity of an archive on local disk, so that a
@@ -163,7 +186,7 @@ func (c identityCache) load() (Identity, bool) {
 		return Identity{}, false
 	}
 	var id Identity
-	if json.Unmarshal(data, &id) != nil || id.SystemID == 0 {
+	if json.Unmarshal(data, &id) != nil || id.SystemID == 0 || wal.CheckSegmentSize(id.SegmentSize) != nil {
 		return Identity{}, false
 	}
 	return id, true
@@ -178,10 +201,11 @@ func (c identityCache) store(id Identity) {
 	if err != nil {
 		return
 	}
-	if os.MkdirAll(filepath.Dir(c.path), 0o700) != nil {
+	// The cache is the user's alone, like the rest of ~/.cache.
+	if pgperm.Owner().MkdirAll(filepath.Dir(c.path)) != nil {
 		return
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".identity-*")
+	tmp, err := pgperm.Owner().CreateTemp(filepath.Dir(c.path), ".identity-*")
 	if err != nil {
 		return
 	}
@@ -208,4 +232,18 @@ func ControlSystemID(dir string) (uint64, bool) {
 		return 0, false
 	}
 	return binary.LittleEndian.Uint64(b[:]), true
+}
+
+// ReadableByAll reports the objects that stay unencrypted in an encrypted
+// archive because every host must read them, pushing hosts that hold only
+// a public key included: the cluster identity, which wal-push checks, and
+// timeline history files, which hold no table data and give every host
+// the timeline graph (fencing, standbys following a promotion).
+func ReadableByAll(key string) bool {
+	if key == IdentityKey {
+		return true
+	}
+	base, _ := codec.Split(strings.TrimPrefix(key, WALPrefix))
+	fn, err := wal.ParseFileName(base)
+	return err == nil && strings.HasPrefix(key, WALPrefix) && fn.Kind == wal.KindHistory
 }

@@ -13,7 +13,6 @@
 package archive
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -43,7 +42,7 @@ func WALKey(name string, c codec.Codec) string { return WALPrefix + name + c.Ext
 
 // ErrCorrupt reports an object whose content does not match its checksum,
 // size or expected header. It is never the same as "not found".
-var ErrCorrupt = errors.New("corrupt archive object")
+var ErrCorrupt = storage.ErrCorrupt
 
 // Digest is the checksum and size of an object's uncompressed content.
 type Digest struct {
@@ -65,12 +64,6 @@ func DigestOf(info storage.ObjectInfo) (Digest, error) {
 	return Digest{SHA256: sum, Size: size}, nil
 }
 
-// memLimit is the compressed size up to which an upload body is kept in
-// memory; beyond it, it goes to an anonymous temporary file. Several
-// pushes run at once (look-ahead), so memory stays bounded whatever the
-// segment size and however badly the data compresses.
-const memLimit = 4 << 20
-
 // compressed is a compressed object ready for upload.
 type compressed struct {
 	body   io.ReadSeeker
@@ -79,62 +72,9 @@ type compressed struct {
 	close  func()
 }
 
-// spillWriter collects written bytes in memory up to memLimit, then in an
-// anonymous temporary file.
-type spillWriter struct {
-	buf  bytes.Buffer
-	file *os.File
-	n    int64
-}
-
-func (w *spillWriter) Write(p []byte) (int, error) {
-	if w.file == nil && w.buf.Len()+len(p) > memLimit {
-		f, err := os.CreateTemp("", "walship-push-*")
-		if err != nil {
-			return 0, fmt.Errorf("create a temporary file for the upload: %w (set TMPDIR to a writable directory)", err)
-		}
-		os.Remove(f.Name()) // anonymous: nothing is left behind on a crash
-		if _, err := f.Write(w.buf.Bytes()); err != nil {
-			f.Close()
-			return 0, err
-		}
-		w.file = f
-		w.buf = bytes.Buffer{}
-	}
-	var n int
-	var err error
-	if w.file != nil {
-		n, err = w.file.Write(p)
-	} else {
-		n, err = w.buf.Write(p)
-	}
-	w.n += int64(n)
-	return n, err
-}
-
-// body returns what was written, for reading from the start.
-func (w *spillWriter) body() (io.ReadSeeker, func(), error) {
-	if w.file == nil {
-		return bytes.NewReader(w.buf.Bytes()), func() {}, nil
-	}
-	if _, err := w.file.Seek(0, io.SeekStart); err != nil {
-		w.file.Close()
-		return nil, nil, err
-	}
-	f := w.file
-	return f, func() { f.Close() }, nil
-}
-
-func (w *spillWriter) discard() {
-	if w.file != nil {
-		w.file.Close()
-	}
-}
-
 // prepare makes the upload body for the first size bytes of f with codec
 // c, computing the digest of the content. Uncompressed content is uploaded
-// straight from f; compressed content is built in memory, or in an
-// anonymous temporary file beyond memLimit.
+// straight from f; compressed content is built in a storage.Spill.
 func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
 	h := sha256.New()
 	if c.Ext() == "" {
@@ -145,7 +85,7 @@ func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
 		d := Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
 		return &compressed{body: io.NewSectionReader(f, 0, n), size: n, digest: d, close: func() {}}, nil
 	}
-	sink := &spillWriter{}
+	sink := &storage.Spill{}
 	zw, err := c.NewWriter(sink)
 	if err != nil {
 		return nil, err
@@ -157,14 +97,14 @@ func prepare(f *os.File, size int64, c codec.Codec) (*compressed, error) {
 		}
 	}
 	if err != nil {
-		sink.discard()
+		sink.Discard()
 		return nil, err
 	}
-	body, closeBody, err := sink.body()
+	body, closeBody, err := sink.Body()
 	if err != nil {
 		return nil, err
 	}
-	return &compressed{body: body, size: sink.n, digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: closeBody}, nil
+	return &compressed{body: body, size: sink.Len(), digest: Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, close: closeBody}, nil
 }
 
 // VerifyingReader decompresses an object and checks, at EOF, that its
@@ -250,7 +190,7 @@ type markedReader struct{ r io.Reader }
 
 func (m markedReader) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
-	if err != nil && err != io.EOF {
+	if err != nil && err != io.EOF && !errors.Is(err, ErrCorrupt) {
 		err = readError{err}
 	}
 	return n, err
@@ -264,10 +204,22 @@ func short(sum string) string {
 }
 
 // FindWAL returns the stored object for WAL file name, trying the preferred
-// codec first and then any other extension found by listing. It returns an
+// codec first (no compression for a history file) and then any other
+// extension found by listing. It returns an
 // error matching storage.ErrNotExist when no object exists under any codec.
 func FindWAL(ctx context.Context, s storage.Storage, name string, preferred codec.Codec) (io.ReadCloser, storage.ObjectInfo, error) {
+	legacy := preferred
+	history := strings.HasSuffix(name, ".history")
+	if history {
+		preferred = noCodec() // how Push stores history files
+	}
 	rc, info, err := s.Get(ctx, WALKey(name, preferred))
+	if history && mayBeMissing(err) && legacy.Ext() != "" {
+		// Refused the way S3 refuses a missing key to a host without
+		// s3:ListBucket, which cannot list either: try the key an
+		// older walship stored it under.
+		rc, info, err = s.Get(ctx, WALKey(name, legacy))
+	}
 	if !errors.Is(err, storage.ErrNotExist) {
 		return rc, info, err
 	}

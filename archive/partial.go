@@ -43,8 +43,8 @@ func ListPartials(ctx context.Context, s storage.Storage, segment string) ([]Par
 	err := s.List(ctx, PartialPrefix+segment+".", func(o storage.ObjectInfo) error {
 		base, _ := codec.Split(strings.TrimPrefix(o.Key, PartialPrefix+segment+"."))
 		n, err := strconv.ParseUint(base, 16, 40)
-		if err != nil || len(base) != 8 {
-			return nil // not a snapshot
+		if err != nil || len(base) != 8 || fmt.Sprintf("%08X", n) != base {
+			return nil // not a snapshot: PartialKey writes 8 upper-case digits
 		}
 		out = append(out, Partial{Key: o.Key, Bytes: int64(n)})
 		return nil

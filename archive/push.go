@@ -36,6 +36,10 @@ type PushOptions struct {
 	CacheDir string // where the archive identity is cached; "" disables the cache
 	DataDir  string // the cluster's data directory, if known: its pg_control is checked
 	Logger   *slog.Logger
+	// Fence refuses segments of a timeline a newer one superseded; share
+	// one between the pushes of a run. nil: one with CacheDir, Repo and
+	// DefaultFenceInterval.
+	Fence *Fence
 }
 
 // PushResult describes a completed push.
@@ -73,7 +77,24 @@ func Push(ctx context.Context, s storage.Storage, path string, o PushOptions) (P
 	if err := checkIdentity(ctx, s, f, st.Size(), fn, o); err != nil {
 		return PushResult{}, err
 	}
-	obj, err := prepare(f, st.Size(), o.Codec)
+	if fn.Kind == wal.KindSegment {
+		// A .partial is never refused: only the promoted server writes
+		// one, for the timeline it leaves.
+		if err := checkFence(ctx, s, f, fn, o); err != nil {
+			return PushResult{}, err
+		}
+	}
+	c, meta := o.Codec, map[string]string{}
+	if fn.Kind == wal.KindHistory {
+		// Stored uncompressed, with the ancestry in its metadata: a
+		// fencing check finds it with one Stat of a known key and reads
+		// it without the key to decrypt the content.
+		c = noCodec()
+		if meta[MetaHistory], err = historyMeta(f, st.Size(), fn); err != nil {
+			return PushResult{}, err
+		}
+	}
+	obj, err := prepare(f, st.Size(), c)
 	if err != nil {
 		return PushResult{}, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -81,9 +102,27 @@ func Push(ctx context.Context, s storage.Storage, path string, o PushOptions) (P
 	if obj.digest.Size != st.Size() {
 		return PushResult{}, fmt.Errorf("%w: %s changed size while it was read (%d, now %d bytes)", ErrInvalid, path, st.Size(), obj.digest.Size)
 	}
-	res := PushResult{Name: name, Size: obj.digest.Size, Stored: obj.size, Codec: o.Codec.Name()}
-	key := WALKey(name, o.Codec)
-	err = s.Put(ctx, key, obj.body, obj.size, obj.digest.meta())
+	res := PushResult{Name: name, Size: obj.digest.Size, Stored: obj.size, Codec: c.Name()}
+	if fn.Kind == wal.KindHistory {
+		// An older walship stored history files compressed.
+		old, err := historyElsewhere(ctx, s, name)
+		if err != nil {
+			return PushResult{}, err
+		}
+		if old != "" {
+			if err := compareExisting(ctx, s, old, obj.digest, fn); err != nil {
+				return PushResult{}, err
+			}
+			res.AlreadyArchived = true
+			res.Duration = time.Since(start)
+			return res, nil
+		}
+	}
+	key := WALKey(name, c)
+	for k, v := range obj.digest.meta() {
+		meta[k] = v
+	}
+	err = s.Put(ctx, key, obj.body, obj.size, meta)
 	if errors.Is(err, storage.ErrExist) {
 		err = compareExisting(ctx, s, key, obj.digest, fn)
 		res.AlreadyArchived = err == nil
@@ -115,8 +154,11 @@ func compareExisting(ctx context.Context, s storage.Storage, key string, want Di
 		return nil
 	}
 	why := "the archive already has another file under this name"
-	if fn.Kind == wal.KindSegment || fn.Kind == wal.KindPartial {
+	switch fn.Kind {
+	case wal.KindSegment, wal.KindPartial:
 		why = fmt.Sprintf("two servers are writing timeline %d — most likely split brain after a failover; make sure the old primary is stopped", fn.TLI)
+	case wal.KindHistory:
+		why = fmt.Sprintf("another server was promoted to timeline %d already — split brain; only one of them may stay primary", fn.TLI)
 	}
 	return fmt.Errorf("%w: %s is already archived with different content (sha256 %s…, %d bytes; this file %s…, %d bytes): %s. walship never overwrites archived WAL",
 		ErrConflict, trimKey(key), short(have.SHA256), have.Size, short(want.SHA256), want.Size, why)
@@ -172,17 +214,32 @@ func checkIdentity(ctx context.Context, s storage.Storage, f *os.File, size int6
 		return nil
 	}
 	id, err := ReadIdentity(ctx, s)
-	if errors.Is(err, storage.ErrNotExist) {
-		if segSize == 0 {
-			return nil // identity is recorded from the first segment
+	switch {
+	case err == nil:
+	case !errors.Is(err, storage.ErrNotExist) && !mayBeMissing(err):
+		return fmt.Errorf("read the archive's cluster identity: %w", err)
+	case segSize != 0:
+		// Missing, or unreadable the way a missing key looks to a host
+		// without s3:ListBucket: the conditional write settles it.
+		var created bool
+		id, created, err = writeIdentity(ctx, s, Identity{SystemID: sysID, SegmentSize: segSize, PGVersion: version, Created: time.Now().UTC()})
+		if err != nil {
+			return err
 		}
-		id, err = writeIdentity(ctx, s, Identity{SystemID: sysID, SegmentSize: segSize, PGVersion: version, Created: time.Now().UTC()})
-		if err == nil && o.Logger != nil {
+		if created && o.Logger != nil {
 			o.Logger.Info(fmt.Sprintf("recorded cluster identity in %s: system identifier %d, segment size %d", s, id.SystemID, id.SegmentSize))
 		}
-	}
-	if err != nil {
-		return fmt.Errorf("read the archive's cluster identity: %w", err)
+	case errors.Is(err, storage.ErrNotExist):
+		return nil // identity is recorded from the first segment
+	default:
+		// A history or backup file, and an identity that is missing
+		// or cannot be read (403): nothing to compare with. Segments
+		// are always checked, and their first push records the
+		// identity.
+		if o.Logger != nil {
+			o.Logger.Debug(fmt.Sprintf("%s pushed without an identity check: the archive's identity cannot be read (%v)", fn, err))
+		}
+		return nil
 	}
 	if id.SystemID != sysID {
 		return fmt.Errorf("%w: %s comes from database system %d, but %s holds WAL of system %d: give each cluster its own --repo (a new initdb or pg_upgrade makes a new system)",
@@ -194,4 +251,31 @@ func checkIdentity(ctx context.Context, s storage.Storage, f *os.File, size int6
 	}
 	cache.store(id)
 	return nil
+}
+
+// WALArchived reports whether WAL file name is archived, under any codec,
+// like HasWAL, for callers that may lack s3:ListBucket (backup-push on a
+// pushing host under least privilege). When the listing is refused for
+// good, it asks for the file's key under each codec, preferred first; a
+// key the store will not show (S3 answers 403 for a missing key without
+// s3:ListBucket) counts as not archived yet.
+func WALArchived(ctx context.Context, s storage.Storage, name string, preferred codec.Codec) (bool, error) {
+	found, err := HasWAL(ctx, s, name)
+	if err == nil || !storage.IsPermanent(err) {
+		return found, err
+	}
+	codecs := append([]codec.Codec{preferred}, codec.All()...)
+	for i, c := range codecs {
+		if i > 0 && c.Name() == preferred.Name() {
+			continue
+		}
+		_, err := s.Stat(ctx, WALKey(name, c))
+		switch {
+		case err == nil:
+			return true, nil
+		case !storage.IsPermanent(err):
+			return false, err
+		}
+	}
+	return false, nil
 }

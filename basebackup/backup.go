@@ -27,7 +27,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -176,7 +175,7 @@ func readRecord(ctx context.Context, s storage.Storage, name, record string) (Ba
 	if err != nil {
 		return Backup{}, err
 	}
-	data, err := io.ReadAll(io.LimitReader(vr, 16<<20))
+	data, err := archive.ReadSmall(vr, archive.MaxRecordSize)
 	if err != nil {
 		return Backup{}, err
 	}
@@ -184,10 +183,45 @@ func readRecord(ctx context.Context, s storage.Storage, name, record string) (Ba
 	if err := json.Unmarshal(data, &b); err != nil {
 		return Backup{}, fmt.Errorf("%w: %s: %v", archive.ErrCorrupt, key, err)
 	}
-	if b.Name != name {
-		return Backup{}, fmt.Errorf("%w: %s describes backup %q", archive.ErrCorrupt, key, b.Name)
+	if err := b.check(name, record); err != nil {
+		return Backup{}, fmt.Errorf("%w: %s %v", archive.ErrCorrupt, key, err)
 	}
 	return b, nil
+}
+
+// check refuses a record that would lead its readers astray: one that
+// describes another backup, start or stop segments that are not WAL
+// segment names (retention and wal-cleanup compare them), and object keys
+// that are not plain names inside the backup's prefix.
+func (b Backup) check(name, record string) error {
+	if b.Name != name {
+		return fmt.Errorf("describes backup %q", b.Name)
+	}
+	walNames := []struct{ field, value string }{{"start_wal", b.StartWAL}}
+	if record == metaName {
+		walNames = append(walNames, struct{ field, value string }{"stop_wal", b.StopWAL})
+	}
+	for _, w := range walNames {
+		if fn, err := wal.ParseFileName(w.value); err != nil || fn.Kind != wal.KindSegment {
+			return fmt.Errorf("has %s %q, which is not a WAL segment name", w.field, w.value)
+		}
+	}
+	files := b.Files
+	if b.Manifest != nil {
+		files = append(files[:len(files):len(files)], *b.Manifest)
+	}
+	for _, f := range files {
+		if !validKey(f.Key) {
+			return fmt.Errorf("lists an object %q that is not a plain name inside the backup", f.Key)
+		}
+	}
+	return nil
+}
+
+// validKey reports whether key, from a backup's record, is a plain object
+// name such as base.tar.zst: no path, nothing hidden.
+func validKey(key string) bool {
+	return key != "" && len(key) <= 255 && key[0] != '.' && !strings.ContainsAny(key, "/\\\x00")
 }
 
 // List returns the completed backups, oldest first. Objects of backups

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/progress"
 	"github.com/walship/walship/storage"
 )
@@ -71,6 +73,10 @@ func Fetch(ctx context.Context, s storage.Storage, b Backup, dir string, o Fetch
 	ex.rep.Start("backup-fetch "+b.Name, b.Size)
 	err = ex.all(ctx, s, b, dir, o.Parallel)
 	ex.rep.Done()
+	if errors.Is(err, archive.ErrCorrupt) {
+		return fmt.Errorf("restore of %s into %s failed, the directory is incomplete (see %s): %w; the backup is damaged or was tampered with: restore another one (walship backup-list)",
+			b.Name, dir, IncompleteMarker, err)
+	}
 	if err != nil {
 		return fmt.Errorf("restore of %s into %s failed, the directory is incomplete (see %s): %w", b.Name, dir, IncompleteMarker, err)
 	}
@@ -93,6 +99,13 @@ func Fetch(ctx context.Context, s storage.Storage, b Backup, dir string, o Fetch
 		}
 	} else if o.Verify {
 		return fmt.Errorf("backup %s has no manifest to verify against", b.Name)
+	}
+	if m := ex.clusterModes(); m.GroupAccess() {
+		for _, d := range append([]string{dir}, values(locations)...) {
+			if err := applyModes(d, m); err != nil {
+				return err
+			}
+		}
 	}
 	for _, d := range append([]string{dir}, values(locations)...) {
 		if err := syncFS(d); err != nil {
@@ -137,7 +150,7 @@ func prepareDir(dir string) (uid, gid int, err error) {
 	entries, err := os.ReadDir(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		if err := pgperm.Owner().MkdirAll(dir); err != nil {
 			return 0, 0, fmt.Errorf("create %s: %w", dir, err)
 		}
 		uid, gid = ownerOf(filepath.Dir(dir))
@@ -217,6 +230,9 @@ type extractor struct {
 	chown     bool
 	rep       progress.Reporter
 	locations map[uint32]string
+
+	originMu sync.Mutex
+	origin   map[string]int64 // tar header modes of backup_label and pg_control
 }
 
 // all extracts every archive of b, o.Parallel at a time, stopping at the
@@ -280,7 +296,7 @@ func readAll(ctx context.Context, s storage.Storage, b Backup, f File) ([]byte, 
 	}
 	defer rc.Close()
 	defer vr.Close()
-	return io.ReadAll(vr)
+	return archive.ReadSmall(vr, archive.MaxManifestSize)
 }
 
 func (ex *extractor) one(ctx context.Context, s storage.Storage, b Backup, f File, root string, isBase bool) error {
@@ -296,7 +312,8 @@ func (ex *extractor) one(ctx context.Context, s storage.Storage, b Backup, f Fil
 	defer vr.Close()
 	defer ahead.Close()
 	defer rc.Close()
-	tr := tar.NewReader(ahead)
+	read := &countingReader{r: ahead}
+	tr := tar.NewReader(read)
 	buf := make([]byte, 1<<20)
 	for {
 		hdr, err := tr.Next()
@@ -306,8 +323,12 @@ func (ex *extractor) one(ctx context.Context, s storage.Storage, b Backup, f Fil
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.Key, err)
 		}
-		if err := ex.entry(tr, hdr, root, isBase, buf); err != nil {
-			return fmt.Errorf("%s: %s: %w", f.Key, hdr.Name, err)
+		err = checkHeader(hdr, f.Size-read.n)
+		if err == nil {
+			err = ex.entry(tr, hdr, root, isBase, buf)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: entry %q: %w", f.Key, hdr.Name, err)
 		}
 	}
 	// Read to the end so the checksum of the whole object is verified.
@@ -329,6 +350,9 @@ func (ex *extractor) entry(tr *tar.Reader, hdr *tar.Header, root string, isBase 
 	if isBase && name == "global/pg_control" {
 		name = pendingControl
 	}
+	if isBase && name == pendingControl && hdr.Typeflag != tar.TypeReg {
+		return fmt.Errorf("%w: global/pg_control is not a regular file", archive.ErrCorrupt)
+	}
 	inTablespaces := isBase && strings.HasPrefix(name, "pg_tblspc/")
 	target := filepath.Join(root, filepath.FromSlash(name))
 	switch hdr.Typeflag {
@@ -336,7 +360,7 @@ func (ex *extractor) entry(tr *tar.Reader, hdr *tar.Header, root string, isBase 
 		if inTablespaces {
 			return fmt.Errorf("%w: directory inside pg_tblspc", archive.ErrCorrupt)
 		}
-		if err := os.Mkdir(target, os.FileMode(hdr.Mode)&0o750|0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := pgperm.Owner().Mkdir(target); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
 		return ex.own(target)
@@ -345,7 +369,7 @@ func (ex *extractor) entry(tr *tar.Reader, hdr *tar.Header, root string, isBase 
 		// at tablespaces; they are pointed at the restored location.
 		oid, err := strconv.ParseUint(strings.TrimPrefix(name, "pg_tblspc/"), 10, 32)
 		if !inTablespaces || err != nil {
-			return fmt.Errorf("%w: unexpected symbolic link to %s", archive.ErrCorrupt, hdr.Linkname)
+			return fmt.Errorf("%w: unexpected symbolic link to %q", archive.ErrCorrupt, hdr.Linkname)
 		}
 		loc, ok := ex.locations[uint32(oid)]
 		if !ok {
@@ -362,10 +386,41 @@ func (ex *extractor) entry(tr *tar.Reader, hdr *tar.Header, root string, isBase 
 		if inTablespaces {
 			return fmt.Errorf("%w: file inside pg_tblspc", archive.ErrCorrupt)
 		}
-		return ex.file(tr, target, os.FileMode(hdr.Mode)&0o640|0o600, hdr.ModTime, buf)
+		if isBase && (name == "backup_label" || name == pendingControl) {
+			ex.noteClusterMode(name, hdr.Mode)
+		}
+		return ex.file(tr, target, hdr.ModTime, buf)
 	default:
 		return fmt.Errorf("%w: unsupported tar entry type %q", archive.ErrCorrupt, hdr.Typeflag)
 	}
+}
+
+// checkHeader refuses, before anything is written, entries that would
+// make extraction write more than the archive holds: a size field larger
+// than the rest of the archive (a damaged or crafted header), and sparse
+// files, which expand to any size. PostgreSQL never sends either.
+func checkHeader(hdr *tar.Header, left int64) error {
+	if hdr.Size < 0 || hdr.Size > left {
+		return fmt.Errorf("%w: the entry's header says %d bytes, but only %d bytes of the archive are left", archive.ErrCorrupt, hdr.Size, max(left, 0))
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return fmt.Errorf("%w: a sparse file, which no PostgreSQL base backup holds", archive.ErrCorrupt)
+		}
+	}
+	return nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (ex *extractor) own(path string) error {
@@ -375,11 +430,18 @@ func (ex *extractor) own(path string) error {
 	return os.Lchown(path, ex.uid, ex.gid)
 }
 
-// file writes one regular file; O_EXCL|O_NOFOLLOW: never through an
-// existing file or link.
-func (ex *extractor) file(r io.Reader, target string, mode os.FileMode, mtime time.Time, buf []byte) error {
-	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, mode)
+// file writes one regular file, mode 0600 (see clusterModes);
+// O_EXCL|O_NOFOLLOW: never through an existing file or link.
+func (ex *extractor) file(r io.Reader, target string, mtime time.Time, buf []byte) error {
+	out, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, pgperm.Owner().File)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%w: the archive holds this entry twice", archive.ErrCorrupt)
+	}
 	if err != nil {
+		return err
+	}
+	if err := pgperm.Owner().Set(out); err != nil {
+		out.Close()
 		return err
 	}
 	n, err := io.CopyBuffer(out, r, buf)
@@ -421,4 +483,63 @@ func syncFS(dir string) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// File modes. Everything is extracted with mode 0600 (directories 0700),
+// never with the modes in the tar headers. PostgreSQL refuses a data
+// directory other than 0700 or 0750 and takes the modes of new files
+// from it, so the restored directory follows the backed-up cluster:
+// when that had group access (initdb --allow-group-access), the restored
+// directory and every directory in it become 0750 and every file 0640
+// once all is extracted. The server writes backup_label into the backup
+// with the mode it creates files with (0640 with group access); a backup
+// without one is judged by global/pg_control's mode. Tablespace
+// locations get the same modes, as CREATE TABLESPACE gives them.
+
+// noteClusterMode records the tar header mode of backup_label or
+// global/pg_control.
+func (ex *extractor) noteClusterMode(name string, mode int64) {
+	ex.originMu.Lock()
+	defer ex.originMu.Unlock()
+	if ex.origin == nil {
+		ex.origin = map[string]int64{}
+	}
+	ex.origin[name] = mode
+}
+
+// clusterModes returns the modes of the backed-up cluster's data
+// directory: Group when it had group access, else Owner.
+func (ex *extractor) clusterModes() pgperm.Modes {
+	ex.originMu.Lock()
+	defer ex.originMu.Unlock()
+	for _, name := range []string{"backup_label", pendingControl} {
+		if mode, ok := ex.origin[name]; ok {
+			if mode&0o040 != 0 {
+				return pgperm.Group()
+			}
+			return pgperm.Owner()
+		}
+	}
+	return pgperm.Owner()
+}
+
+// applyModes gives root and every directory below it m.Dir and every
+// file m.File; symbolic links (pg_tblspc) are not followed.
+func applyModes(root string, m pgperm.Modes) error {
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := m.File
+		switch {
+		case d.IsDir():
+			mode = m.Dir
+		case !d.Type().IsRegular():
+			return nil
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			return fmt.Errorf("set the mode of %s: %w", path, err)
+		}
+		return nil
+	})
 }

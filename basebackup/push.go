@@ -29,6 +29,9 @@ type PushOptions struct {
 	WALTimeout time.Duration
 	Progress   progress.Reporter
 	Logger     *slog.Logger
+	// Fence refuses a backup of a server whose timeline a newer one in
+	// the archive superseded; nil asks the archive each time.
+	Fence *archive.Fence
 }
 
 // ErrWALTimeout reports that the WAL a backup needs did not reach the
@@ -59,6 +62,15 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 	}
 	segSize, err := pgrepl.SegmentSize(ctx, conn)
 	if err != nil {
+		return Backup{}, err
+	}
+	fence := o.Fence
+	if fence == nil {
+		fence = archive.NewFence(archive.FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Codec: o.Codec})
+	}
+	// Before anything is stored: an old primary that kept running
+	// after a failover has written past the fork.
+	if err := checkFence(ctx, s, fence, sys.SystemID, sys.Timeline, sys.XLogPos); err != nil {
 		return Backup{}, err
 	}
 	id, err := archive.EnsureIdentity(ctx, s, o.Repo, o.CacheDir, archive.Identity{
@@ -167,6 +179,11 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 		b.Size += f.Size
 		b.StoredSize += f.StoredSize
 	}
+	// A failover while the backup ran.
+	if err := checkFence(ctx, s, fence, sys.SystemID, b.StopTimeline, b.StopLSN); err != nil {
+		cleanup()
+		return Backup{}, err
+	}
 	if err := waitWAL(ctx, s, b.StopWAL, o); err != nil {
 		cleanup()
 		return Backup{}, err
@@ -179,6 +196,19 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 	return b, nil
 }
 
+// checkFence refuses a backup needing WAL of timeline tli up to end when
+// a newer timeline in the archive left tli before end.
+func checkFence(ctx context.Context, s storage.Storage, fence *archive.Fence, sysID uint64, tli wal.TimeLineID, end wal.LSN) error {
+	err := fence.Check(ctx, s, sysID, tli, end)
+	if errors.Is(err, archive.ErrSuperseded) {
+		return fmt.Errorf("refusing to back up timeline %d at %s: %w", tli, end, err)
+	}
+	if err != nil {
+		return fmt.Errorf("check whether a newer timeline superseded timeline %d: %w", tli, err)
+	}
+	return nil
+}
+
 // waitWAL waits until WAL file name is in the archive.
 func waitWAL(ctx context.Context, s storage.Storage, name string, o PushOptions) error {
 	timeout := o.WALTimeout
@@ -188,7 +218,9 @@ func waitWAL(ctx context.Context, s storage.Storage, name string, o PushOptions)
 	deadline := time.Now().Add(timeout)
 	logged := false
 	for delay := 50 * time.Millisecond; ; delay = min(delay*3/2, time.Second) {
-		ok, err := archive.HasWAL(ctx, s, name)
+		// Without s3:ListBucket (a pushing host under least privilege)
+		// this asks for the segment's key under each codec instead.
+		ok, err := archive.WALArchived(ctx, s, name, o.Codec)
 		if err != nil {
 			return err
 		}
@@ -196,7 +228,7 @@ func waitWAL(ctx context.Context, s storage.Storage, name string, o PushOptions)
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %s did not arrive within %v; check archive_command on the primary (pg_stat_archiver), or raise --wal-timeout", ErrWALTimeout, name, timeout)
+			return fmt.Errorf("%w: %s did not arrive within %v; check archive_command on the primary (pg_stat_archiver) and that this host may read wal/ in the archive (s3:GetObject), or raise --wal-timeout", ErrWALTimeout, name, timeout)
 		}
 		if !logged && o.Logger != nil {
 			o.Logger.Info(fmt.Sprintf("waiting for %s, the last WAL segment of the backup, to be archived", name))

@@ -131,7 +131,9 @@ type ArchiveOptions struct {
 
 // Archive prunes the WAL of a walship archive for oldestArg, keeping what
 // completed base backups need. It returns the keys removed (or, in a dry
-// run, that would be).
+// run, that would be). Files the storage keeps because of retention (S3
+// Object Lock) do not stop it: it removes the others and returns those
+// it removed with a *RefusedError.
 func Archive(ctx context.Context, s storage.Storage, oldestArg string, o ArchiveOptions) ([]string, error) {
 	oldest, err := ParseOldest(oldestArg, "")
 	if err != nil {
@@ -169,14 +171,34 @@ func Archive(ctx context.Context, s storage.Storage, oldestArg string, o Archive
 		return nil, fmt.Errorf("list %s: %w", s, err)
 	}
 	sort.Strings(keys)
-	for _, key := range keys {
-		if o.DryRun {
+	if o.DryRun {
+		for _, key := range keys {
 			fmt.Fprintln(o.Out, key)
-			continue
 		}
-		if err := s.Delete(ctx, key); err != nil {
-			return nil, fmt.Errorf("remove %s: %w", key, err)
+		return keys, nil
+	}
+	// Oldest first, in batches: an interruption leaves the newest of
+	// them, and files under retention (S3 Object Lock), which are the
+	// newest ones when every file got the same retention, do not keep
+	// the older ones from going.
+	refused, err := deleteRetained(ctx, s, keys)
+	if err != nil {
+		return nil, fmt.Errorf("remove WAL from %s: %w", s, err)
+	}
+	if len(refused) == 0 {
+		return keys, nil
+	}
+	stays := map[string]bool{}
+	for _, f := range refused {
+		stays[f.Key] = true
+	}
+	var removed []string
+	for _, key := range keys {
+		if !stays[key] {
+			removed = append(removed, key)
 		}
 	}
-	return keys, nil
+	what, re := walRefused(refused)
+	return removed, &RefusedError{err: &storage.DeleteError{Failed: refused}, msg: fmt.Sprintf("removed %d of %d WAL files older than %s; %s; they can be removed %s",
+		len(removed), len(keys), cutoff, what, afterRetention(re))}
 }

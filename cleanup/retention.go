@@ -88,9 +88,16 @@ type Plan struct {
 	WAL       []WALRange `json:"wal"`
 	Notes     []string   `json:"notes"` // why less is removed than the rules allow
 
-	metaKeys  []string // metadata records of deleted backups: removed first
-	backupKey []string // the other objects of deleted backups and leftovers
+	doomed    []doomedBackup // the completed backups removed, oldest first
+	leftovers []string       // the objects of leftovers
 	walKeys   []string
+}
+
+// doomedBackup is a completed backup the plan removes.
+type doomedBackup struct {
+	name  string
+	meta  string   // its metadata record: removed first
+	files []string // its other objects
 }
 
 // DeletedBackups counts the backups the plan removes.
@@ -108,7 +115,13 @@ func (p *Plan) DeletedBackups() int {
 func (p *Plan) WALFiles() int { return len(p.walKeys) }
 
 // Objects counts every object the plan removes.
-func (p *Plan) Objects() int { return len(p.metaKeys) + len(p.backupKey) + len(p.walKeys) }
+func (p *Plan) Objects() int {
+	n := len(p.leftovers) + len(p.walKeys)
+	for _, d := range p.doomed {
+		n += 1 + len(d.files)
+	}
+	return n
+}
 
 // PlanRetention decides, from listings and the small metadata and history
 // records, what pol removes from s. It changes nothing.
@@ -138,13 +151,15 @@ func PlanRetention(ctx context.Context, s storage.Storage, pol Policy) (*Plan, e
 		if !d.Delete {
 			needs = append(needs, inv.Backups[i])
 		} else {
+			db := doomedBackup{name: d.Name}
 			for _, key := range inv.Keys[d.Name] {
 				if strings.HasSuffix(key, "/backup.json") {
-					p.metaKeys = append(p.metaKeys, key)
+					db.meta = key
 				} else {
-					p.backupKey = append(p.backupKey, key)
+					db.files = append(db.files, key)
 				}
 			}
+			p.doomed = append(p.doomed, db)
 		}
 	}
 	for _, in := range inv.Incomplete {
@@ -156,7 +171,7 @@ func PlanRetention(ctx context.Context, s storage.Storage, pol Policy) (*Plan, e
 			continue
 		}
 		p.Leftovers = append(p.Leftovers, in.Name)
-		p.backupKey = append(p.backupKey, in.Keys...)
+		p.leftovers = append(p.leftovers, in.Keys...)
 	}
 	if len(needs) == 0 {
 		p.Notes = append(p.Notes, "the archive holds no backup to keep WAL for: WAL is left alone")
@@ -399,26 +414,137 @@ func reaches(b basebackup.Backup, tli wal.TimeLineID, history []wal.HistoryEntry
 // interruption leaves no listed backup without its files; then their
 // other objects and the leftovers; then the WAL. Deletes go in batches
 // where the storage supports them.
+//
+// When the storage refuses deletes because of retention (S3 Object Lock),
+// the archive stays consistent and the error, a *RefusedError, says what
+// stays until when: a backup whose metadata record is refused stays
+// listed with all its files, and then no WAL is removed (the plan counted
+// on that backup going); files refused after their backup's record went
+// are removed as leftovers by a later run; WAL files refused stay, with
+// the rest of the WAL removed.
 func (p *Plan) Execute(ctx context.Context, s storage.Storage, log *slog.Logger) error {
-	steps := []struct {
-		what string
-		keys []string
-	}{
-		{"backup metadata records", p.metaKeys},
-		{"backup files", p.backupKey},
-		{"WAL files", p.walKeys},
-	}
-	for _, st := range steps {
-		if len(st.keys) == 0 {
-			continue
+	var metas, files []string
+	for _, d := range p.doomed {
+		if d.meta != "" {
+			metas = append(metas, d.meta)
 		}
+		files = append(files, d.files...)
+	}
+	files = append(files, p.leftovers...)
+
+	if len(metas) > 0 {
 		start := time.Now()
-		if err := storage.DeleteAll(ctx, s, st.keys, nil); err != nil {
-			return fmt.Errorf("remove %s from %s: %w", st.what, s, err)
+		refused, err := deleteRetained(ctx, s, metas)
+		if err != nil || len(refused) > 0 {
+			return p.metadataRefused(ctx, s, log, refused, err)
 		}
 		if log != nil {
-			log.Info(fmt.Sprintf("removed %d %s", len(st.keys), st.what), "objects", len(st.keys), "took", time.Since(start).Round(time.Millisecond))
+			log.Info(fmt.Sprintf("removed %d backup metadata records", len(metas)), "objects", len(metas), "took", time.Since(start).Round(time.Millisecond))
 		}
 	}
+	if err := deleteStep(ctx, s, log, "backup files", files); err != nil {
+		if _, re, ok := refusal(err); ok {
+			var de *storage.DeleteError
+			n := 1
+			if errors.As(err, &de) {
+				n = len(de.Failed)
+			}
+			return &RefusedError{err: err, msg: fmt.Sprintf("%d objects of the deleted backups are %s: the backups are no longer listed, "+
+				"and a later backup-delete removes what is left of them %s; no WAL was removed", n, re, afterRetention(re))}
+		}
+		return fmt.Errorf("remove backup files from %s: %w", s, err)
+	}
+	if len(p.walKeys) == 0 {
+		return nil
+	}
+	start := time.Now()
+	refused, err := deleteRetained(ctx, s, p.walKeys)
+	if err != nil {
+		return fmt.Errorf("remove WAL files from %s: %w", s, err)
+	}
+	removed := len(p.walKeys) - len(refused)
+	if log != nil {
+		log.Info(fmt.Sprintf("removed %d WAL files", removed), "objects", removed, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if len(refused) > 0 {
+		what, re := walRefused(refused)
+		return &RefusedError{err: &storage.DeleteError{Failed: refused}, msg: fmt.Sprintf("deleted %d backup(s) and %d of %d WAL files; %s; run backup-delete again %s",
+			len(p.doomed), removed, len(p.walKeys), what, afterRetention(re))}
+	}
 	return nil
+}
+
+// deleteStep removes keys, logging how many and how long it took.
+func deleteStep(ctx context.Context, s storage.Storage, log *slog.Logger, what string, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	start := time.Now()
+	if err := storage.DeleteAll(ctx, s, keys, nil); err != nil {
+		return err
+	}
+	if log != nil {
+		log.Info(fmt.Sprintf("removed %d %s", len(keys), what), "objects", len(keys), "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
+}
+
+// metadataRefused handles metadata records that could not be removed:
+// refused because of retention, or err. The backups whose record is still
+// there stay listed and keep their files; the files of those whose record
+// went are removed, since nothing lists them any more. No WAL is removed,
+// as the plan assumed every deleted backup gone: the next run plans again
+// from what is listed.
+func (p *Plan) metadataRefused(ctx context.Context, s storage.Storage, log *slog.Logger, refused []storage.KeyError, err error) error {
+	stays := map[string]bool{}
+	for _, f := range refused {
+		stays[f.Key] = true
+	}
+	var kept, gone []doomedBackup
+	for _, d := range p.doomed {
+		switch {
+		case d.meta == "":
+			gone = append(gone, d)
+		case stays[d.meta]:
+			kept = append(kept, d)
+		case err != nil:
+			// Stopped by another failure: whether the record went is
+			// not known without a look.
+			if _, serr := s.Stat(ctx, d.meta); errors.Is(serr, storage.ErrNotExist) {
+				gone = append(gone, d)
+			} else {
+				kept = append(kept, d)
+			}
+		default:
+			gone = append(gone, d)
+		}
+	}
+	var files []string
+	for _, d := range gone {
+		files = append(files, d.files...)
+	}
+	files = append(files, p.leftovers...)
+	var tail string
+	switch ferr := deleteStep(ctx, s, log, "backup files", files); {
+	case ferr != nil:
+		tail = fmt.Sprintf("; removing the files of the %d backup(s) that went failed too (a later run removes them): %v", len(gone), ferr)
+	case len(gone) > 0:
+		tail = fmt.Sprintf("; %d other backup(s) deleted", len(gone))
+	}
+	if err != nil {
+		return fmt.Errorf("remove backup metadata records from %s: %w; no WAL was removed%s", s, err, tail)
+	}
+	rerr := &storage.DeleteError{Failed: refused}
+	key, re, _ := refusal(rerr)
+	named := kept[0]
+	for _, d := range kept {
+		if d.meta == key {
+			named = d
+		}
+	}
+	msg := fmt.Sprintf("backup %s: %d objects are %s; delete %s", named.name, 1+len(named.files), re, afterRetention(re))
+	if len(kept) > 1 {
+		msg += fmt.Sprintf(" (%d backups in all could not be deleted)", len(kept))
+	}
+	return &RefusedError{err: rerr, msg: msg + "; no WAL was removed" + tail}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 
@@ -192,7 +191,7 @@ func readHistory(ctx context.Context, s storage.Storage, tli wal.TimeLineID) ([]
 	if err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(vr, 16<<20))
+	data, err := archive.ReadSmall(vr, archive.MaxHistorySize)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", name, err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/codec"
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/wal"
 )
@@ -195,9 +196,18 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 		return FetchResult{}, err
 	}
 	defer vr.Close()
+	// The recorded size comes from the archive: a damaged or hostile
+	// object must not fill pg_wal before its checksum fails.
+	limit := int64(wal.MaxSegmentSize)
+	if fn.Kind == wal.KindHistory || fn.Kind == wal.KindBackupHistory {
+		limit = archive.MaxHistorySize
+	}
+	if vr.Size() > limit {
+		return FetchResult{}, fmt.Errorf("%w: %s is recorded as %d bytes, more than a %s can be", archive.ErrCorrupt, info.Key, vr.Size(), fn.Kind)
+	}
 
 	dir := filepath.Dir(dest)
-	tmp, err := os.CreateTemp(dir, ".walship-fetch-*")
+	tmp, err := destModes(dest, o.DataDir).CreateTemp(dir, ".walship-fetch-*")
 	if err != nil {
 		return FetchResult{}, fmt.Errorf("create a temporary file next to %s: %w", dest, err)
 	}
@@ -208,9 +218,6 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 			os.Remove(tmp.Name())
 		}
 	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return FetchResult{}, err
-	}
 	n, err := copyVerified(tmp, vr)
 	if err != nil {
 		return FetchResult{}, err
@@ -243,6 +250,16 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 		d.Close()
 	}
 	return FetchResult{Name: name, Key: info.Key, Size: n, Stored: info.Size}, nil
+}
+
+// destModes returns the modes of a file fetched to dest: those of the
+// data directory (PostgreSQL's rule: 0640 when it allows group access,
+// else 0600), found above dest when dataDir is not known.
+func destModes(dest, dataDir string) pgperm.Modes {
+	if dataDir != "" {
+		return pgperm.Of(dataDir)
+	}
+	return pgperm.Enclosing(filepath.Dir(dest))
 }
 
 // copyVerified copies the verified content into w, telling local write

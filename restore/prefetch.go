@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/wal"
 )
@@ -34,13 +35,15 @@ import (
 //
 // The name starts with pgsql_tmp, so PostgreSQL leaves the directory out
 // of base backups, and it lives in the data directory, so a prefetched
-// segment reaches pg_wal by rename. A prefetched file is the archived
-// object, verified like any fetch (checksum, size, page header, system
-// identifier); archived objects are never rewritten, so it cannot be
-// stale, and it is used only for exactly the name asked for. Spool files
-// are not fsynced: the spool is used only in the boot it was filled in
-// (the page cache is then authoritative), so after a crash a file that
-// looks complete but never reached the disk is never used. The window
+// segment reaches pg_wal by rename; its directories and files get the
+// data directory's modes (0700/0600, or 0750/0640 with group access).
+// A prefetched file is the archived object, verified like any fetch
+// (checksum, size, page header, system identifier); archived objects are
+// never rewritten, so it cannot be stale, and it is used only for
+// exactly the name asked for. Spool files are not fsynced: the spool is
+// used only in the boot it was filled in (the page cache is then
+// authoritative), so after a crash a file that looks complete but never
+// reached the disk is never used. The window
 // follows the requests (a new timeline's names replace the old ones), is
 // bounded to Prefetch segments on disk, and the prefetcher removes the
 // spool and exits when recovery ends or nothing was asked for a minute.
@@ -63,6 +66,11 @@ const (
 
 // Spool returns the prefetch spool of data directory dir.
 func Spool(dir string) string { return filepath.Join(dir, SpoolName) }
+
+// PrefetchLog is the helper's log inside the spool: it does not write to
+// the server's log, whose pipe it would hold open after wal-fetch exits.
+// It goes when the spool goes, at the end of recovery.
+const PrefetchLog = "prefetch.log"
 
 // TakePrefetched moves a prefetched copy of name into dest, if the spool
 // holds one whose size and header match the segment (the content was
@@ -100,7 +108,7 @@ func TakePrefetched(spool, name, dest string) bool {
 	}
 	if err := os.Rename(path, dest); err != nil {
 		// pg_wal on another file system: copy.
-		if err := copyFile(path, dest); err != nil {
+		if err := copyFile(path, dest, spoolModes(spool)); err != nil {
 			return false
 		}
 		os.Remove(path)
@@ -108,14 +116,15 @@ func TakePrefetched(spool, name, dest string) bool {
 	return true
 }
 
-// copyFile copies src to dest through a synced temporary file.
-func copyFile(src, dest string) error {
+// copyFile copies src to dest through a synced temporary file of mode
+// m.File.
+func copyFile(src, dest string, m pgperm.Modes) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dest), ".walship-fetch-*")
+	tmp, err := m.CreateTemp(filepath.Dir(dest), ".walship-fetch-*")
 	if err != nil {
 		return err
 	}
@@ -152,13 +161,18 @@ func AwaitPrefetch(ctx context.Context, spool, name, dest string, limit time.Dur
 	}
 }
 
+// spoolModes returns the modes of the spool's directories and files:
+// the data directory's (PostgreSQL's rule), as for anything in it.
+func spoolModes(spool string) pgperm.Modes { return pgperm.Of(filepath.Dir(spool)) }
+
 // Want records that wal-fetch was asked for name, for the prefetcher.
 func Want(spool, name string) error {
-	if err := os.MkdirAll(spool, 0o700); err != nil {
+	m := spoolModes(spool)
+	if err := m.MkdirAll(spool); err != nil {
 		return err
 	}
 	tmp := filepath.Join(spool, wantName+".tmp"+fmt.Sprint(os.Getpid()))
-	if err := os.WriteFile(tmp, []byte(name), 0o600); err != nil {
+	if err := m.WriteFile(tmp, []byte(name)); err != nil {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(spool, wantName))
@@ -187,9 +201,10 @@ func RecentlyAbsent(spool, name string) bool {
 
 // MarkAbsent records a "not archived" answer for name.
 func MarkAbsent(spool, name string) {
+	m := spoolModes(spool)
 	dir := filepath.Join(spool, absentDir)
-	if os.MkdirAll(dir, 0o700) == nil {
-		os.WriteFile(filepath.Join(dir, name), nil, 0o600)
+	if m.MkdirAll(dir) == nil {
+		m.WriteFile(filepath.Join(dir, name), nil)
 	}
 }
 
@@ -215,10 +230,11 @@ func Prefetch(ctx context.Context, s storage.Storage, o PrefetchOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(o.Spool, 0o700); err != nil {
+	m := spoolModes(o.Spool)
+	if err := m.MkdirAll(o.Spool); err != nil {
 		return err
 	}
-	lock, err := os.OpenFile(filepath.Join(o.Spool, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	lock, err := m.OpenFile(filepath.Join(o.Spool, lockName), os.O_RDWR)
 	if err != nil {
 		return err
 	}
@@ -230,11 +246,15 @@ func Prefetch(ctx context.Context, s storage.Storage, o PrefetchOptions) error {
 	// empty, and record the boot the new files belong to.
 	entries, _ := os.ReadDir(o.Spool)
 	for _, e := range entries {
-		if e.Name() != lockName && e.Name() != wantName {
+		if e.Name() != lockName && e.Name() != wantName && e.Name() != PrefetchLog {
 			os.RemoveAll(filepath.Join(o.Spool, e.Name()))
 		}
 	}
-	if err := os.WriteFile(filepath.Join(o.Spool, bootName), []byte(bootID()), 0o600); err != nil {
+	// This helper's own stderr: kept, but bounded.
+	if st, err := os.Stat(filepath.Join(o.Spool, PrefetchLog)); err == nil && st.Size() > 1<<20 {
+		os.Truncate(filepath.Join(o.Spool, PrefetchLog), 0)
+	}
+	if err := m.WriteFile(filepath.Join(o.Spool, bootName), []byte(bootID())); err != nil {
 		return err
 	}
 	o.noSync = true
@@ -347,7 +367,7 @@ func (p *prefetcher) step(ctx context.Context, want wal.FileName) {
 func (p *prefetcher) fetch(ctx context.Context, name string) {
 	start := time.Now()
 	marker := filepath.Join(p.o.Spool, name+inflightExt)
-	os.WriteFile(marker, nil, 0o600)
+	spoolModes(p.o.Spool).WriteFile(marker, nil)
 	_, err := Fetch(ctx, p.s, name, filepath.Join(p.o.Spool, name), p.o.FetchOptions)
 	os.Remove(marker)
 	p.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/wal"
 )
 
@@ -247,7 +248,7 @@ func checkConnInfo(ci string) error {
 		for i < len(ci) && isConnSpace(ci[i]) {
 			i++
 		}
-		if i == len(ci) {
+		if i >= len(ci) { // past the end after a trailing backslash
 			return nil
 		}
 		start := i
@@ -255,6 +256,9 @@ func checkConnInfo(ci string) error {
 			i++
 		}
 		key := ci[start:i]
+		if key == "" {
+			return fmt.Errorf("primary_conninfo %q: a value without a keyword: write keyword=value pairs separated by spaces, such as 'host=primary.example.com user=replicator'", ci)
+		}
 		for i < len(ci) && isConnSpace(ci[i]) {
 			i++
 		}
@@ -462,8 +466,10 @@ func recoveryConf(current []byte, s RecoverySettings) []byte {
 // settingName returns the lower-cased parameter name a configuration
 // file line sets, following PostgreSQL's lexer (src/backend/utils/misc/
 // guc-file.l): optional blanks, a name of letters, digits, underscores
-// and one dot, then blanks or "=". Comments, blank lines and include
-// directives give ok false or a name walship does not manage.
+// and one dot, then anything that does not continue it into an unquoted
+// string: blanks, "=", or the quote of a value ("name'value'" sets name).
+// Comments, blank lines and include directives give ok false or a name
+// walship does not manage.
 func settingName(line string) (name string, ok bool) {
 	s := strings.TrimLeft(line, " \t\f\v\r")
 	end := 0
@@ -478,7 +484,7 @@ func settingName(line string) (name string, ok bool) {
 	if end == 0 || '0' <= s[0] && s[0] <= '9' {
 		return "", false
 	}
-	if end < len(s) && !strings.ContainsRune(" \t\f\v\r\n=", rune(s[end])) {
+	if end < len(s) && strings.ContainsRune("-:/", rune(s[end])) {
 		return "", false
 	}
 	return strings.ToLower(s[:end]), true
@@ -505,10 +511,7 @@ type fileOwner struct {
 // and, as root, hands files to the directory's owner, the server's OS
 // user.
 func ownerOfDataDir(fi os.FileInfo) fileOwner {
-	o := fileOwner{mode: 0o600}
-	if fi.Mode().Perm()&0o750 == 0o750 {
-		o.mode = 0o640
-	}
+	o := fileOwner{mode: pgperm.ForMode(fi.Mode()).File}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Geteuid() == 0 {
 		o.chown, o.uid, o.gid = true, int(st.Uid), int(st.Gid)
 	}

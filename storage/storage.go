@@ -23,11 +23,17 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 )
 
 // ErrNotExist reports that the object is not in storage.
 var ErrNotExist = errors.New("object does not exist")
+
+// ErrCorrupt reports stored content that fails its checks: a checksum, a
+// size, a header, or the authentication of an encrypted object. It is
+// never the same as "not found", and retrying does not fix it.
+var ErrCorrupt = errors.New("corrupt archive object")
 
 // ErrExist reports that Put or PutStream found the key already stored.
 var ErrExist = errors.New("object already exists")
@@ -92,4 +98,32 @@ func Permanent(err error) error {
 func IsPermanent(err error) bool {
 	var p permanentError
 	return errors.As(err, &p) || errors.Is(err, ErrNotExist) || errors.Is(err, ErrExist)
+}
+
+// RetentionError reports a delete the storage refused because the object
+// is under retention (S3 Object Lock): nobody can delete it before Until
+// (compliance mode), or only a credential allowed to bypass governance
+// retention can (governance mode), and a legal hold keeps it until the hold
+// is lifted. Backends return it marked Permanent.
+type RetentionError struct {
+	Mode      string    // "compliance" or "governance"; "" with a legal hold only
+	Until     time.Time // zero with a legal hold only
+	LegalHold bool
+}
+
+// Error says until when, in one line: "under Object Lock retention until
+// 2026-12-08T10:15:00Z (compliance)".
+func (e *RetentionError) Error() string {
+	var parts []string
+	if !e.Until.IsZero() {
+		p := "under Object Lock retention until " + e.Until.UTC().Format(time.RFC3339)
+		if e.Mode != "" {
+			p += " (" + e.Mode + ")"
+		}
+		parts = append(parts, p)
+	}
+	if e.LegalHold || len(parts) == 0 {
+		parts = append(parts, "under an Object Lock legal hold, which must be lifted first")
+	}
+	return strings.Join(parts, " and ")
 }

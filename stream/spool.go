@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/wal"
 )
 
@@ -23,27 +24,32 @@ import (
 // it after a rename, and renamed to its plain name once complete and
 // fsynced. A plain name in the spool is therefore always a complete
 // segment; the archive gets it and then it is removed.
+//
+// What wal-stream creates there is its user's alone (directories 0700,
+// files 0600), whatever the umask: the spool holds WAL, that is the
+// database's changes. A spool inside a PostgreSQL data directory gets
+// that directory's modes instead (0750/0640 with group access).
 const (
-	lockName    = "walship-stream.lock"
-	statusName  = "walship-stream.status"
-	partialExt  = ".partial"
-	spoolDirMod = 0o700
-	spoolFilMod = 0o600
+	lockName   = "walship-stream.lock"
+	statusName = "walship-stream.status"
+	partialExt = ".partial"
 )
 
 // spool is an open spool directory.
 type spool struct {
-	dir  string
-	lock *os.File
+	dir   string
+	lock  *os.File
+	modes pgperm.Modes // of what is created in it
 }
 
 // openSpool creates dir if needed and locks it, so two wal-stream
 // processes never write one spool.
 func openSpool(dir string) (*spool, error) {
-	if err := os.MkdirAll(dir, spoolDirMod); err != nil {
+	modes := pgperm.Enclosing(dir)
+	if err := modes.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("spool directory: %w (give --spool a directory this user can write)", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, spoolFilMod)
+	f, err := modes.OpenFile(filepath.Join(dir, lockName), os.O_RDWR)
 	if err != nil {
 		return nil, fmt.Errorf("spool directory: %w (give --spool a directory this user can write)", err)
 	}
@@ -54,7 +60,7 @@ func openSpool(dir string) (*spool, error) {
 		}
 		return nil, fmt.Errorf("lock spool %s: %w", dir, err)
 	}
-	return &spool{dir: dir, lock: f}, nil
+	return &spool{dir: dir, lock: f, modes: modes}, nil
 }
 
 // ErrBusy reports a spool directory another wal-stream holds.
@@ -137,7 +143,7 @@ func (s *spool) openSegment(tli wal.TimeLineID, lsn wal.LSN, segSize int64) (*se
 	seg := wal.LSNToSegNo(lsn, segSize)
 	name := wal.SegmentFile(tli, seg, segSize)
 	path := s.path(name.String() + partialExt)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, spoolFilMod)
+	f, err := s.modes.OpenFile(path, os.O_WRONLY)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/wal"
 )
 
@@ -129,11 +131,78 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	if err := b.write(filepath.Join(dir, statusName)); err != nil {
+	if err := b.write(filepath.Join(dir, statusName), pgperm.Owner()); err != nil {
 		t.Fatal(err)
 	}
 	st, err := ReadStatus(dir)
 	if err != nil || st.LagBytes != 250 || st.State != "streaming" {
 		t.Fatalf("ReadStatus: %+v %v", st, err)
+	}
+}
+
+// TestSpoolModes: what wal-stream creates in its spool is 0700/0600
+// whatever the umask, and takes the modes of a data directory it sits in.
+func TestSpoolModes(t *testing.T) {
+	for _, tc := range []struct {
+		inDataDir os.FileMode // 0: not in a data directory
+		dir, file os.FileMode
+	}{
+		{0, 0o700, 0o600},
+		{0o700, 0o700, 0o600},
+		{0o750, 0o750, 0o640},
+	} {
+		for _, mask := range []int{0o022, 0o077, 0o000} {
+			root := t.TempDir()
+			if tc.inDataDir != 0 {
+				os.Mkdir(filepath.Join(root, "global"), 0o700)
+				os.WriteFile(filepath.Join(root, "PG_VERSION"), []byte("15\n"), 0o600)
+				os.Chmod(root, tc.inDataDir)
+			}
+			dir := filepath.Join(root, "walship", "spool")
+			old := syscall.Umask(mask)
+			sp, err := openSpool(dir)
+			if err == nil {
+				var sf *segmentFile
+				sf, err = sp.openSegment(1, wal.SegmentStartLSN(3, seg16), seg16)
+				if err == nil {
+					_, err = sp.complete(sf)
+				}
+			}
+			if err == nil {
+				err = sp.moveReady("000000010000000000000003")
+			}
+			if err == nil {
+				_, err = sp.openSegment(1, wal.SegmentStartLSN(4, seg16), seg16)
+			}
+			if err == nil {
+				err = sp.writeReady("00000002.history", []byte("1\t0/3000060\tno recovery target specified\n"))
+			}
+			if err == nil {
+				err = (&statusBoard{}).write(sp.path(statusName), sp.modes)
+			}
+			syscall.Umask(old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sp.close()
+			for path, want := range map[string]os.FileMode{
+				"..":                                   os.ModeDir | tc.dir,
+				".":                                    os.ModeDir | tc.dir,
+				lockName:                               tc.file,
+				statusName:                             tc.file,
+				"000000010000000000000004.partial":     tc.file,
+				readyDir:                               os.ModeDir | tc.dir,
+				readyDir + "/000000010000000000000003": tc.file,
+				readyDir + "/00000002.history":         tc.file,
+			} {
+				fi, err := os.Stat(filepath.Join(dir, path))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode() != want {
+					t.Errorf("data directory %04o, umask %04o: %s has mode %v, want %v", tc.inDataDir, mask, path, fi.Mode(), want)
+				}
+			}
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/wal"
 )
 
@@ -55,8 +56,8 @@ func (b *statusBoard) get() Status {
 	return b.st
 }
 
-// write replaces the status file atomically.
-func (b *statusBoard) write(path string) error {
+// write replaces the status file atomically, with mode m.File.
+func (b *statusBoard) write(path string, m pgperm.Modes) error {
 	b.fileMu.Lock()
 	defer b.fileMu.Unlock()
 	data, err := json.MarshalIndent(b.get(), "", "  ")
@@ -64,7 +65,7 @@ func (b *statusBoard) write(path string) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), spoolFilMod); err != nil {
+	if err := m.WriteFile(tmp, append(data, '\n')); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

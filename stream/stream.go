@@ -146,7 +146,7 @@ func Run(ctx context.Context, s storage.Storage, o Options) error {
 		stopUploads()
 		<-upDone
 		st.board.update(func(s *Status) { s.State = "stopped" })
-		st.board.write(sp.path(statusName))
+		st.board.write(sp.path(statusName), sp.modes)
 	}()
 
 	if o.PartialInterval > 0 {
@@ -168,7 +168,7 @@ func Run(ctx context.Context, s storage.Storage, o Options) error {
 			return err
 		}
 		st.board.update(func(s *Status) { s.State = "connecting"; s.LastError = err.Error(); s.Reconnects++ })
-		st.board.write(sp.path(statusName))
+		st.board.write(sp.path(statusName), sp.modes)
 		if time.Since(began) > time.Minute {
 			backoff = o.MinBackoff
 		}
@@ -339,6 +339,14 @@ func (st *streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, sys 
 	newest, err := newestArchived(ctx, st.s, st.segSize, func(fn wal.FileName, lsn wal.LSN) bool {
 		return wal.TimelineAt(history, sys.Timeline, lsn+wal.LSN(st.segSize)-1) == fn.TLI
 	})
+	if storage.IsPermanent(err) {
+		// A pushing host under least privilege may not list (no
+		// s3:ListBucket): the start then comes from the spool, the
+		// slot or the server. Segments the archive holds already are
+		// pushed again, which succeeds when they are identical.
+		st.log.Warn(fmt.Sprintf("starting from the spool, the slot or the server's position, not after the newest archived segment: %v", err))
+		err = nil
+	}
 	if err != nil {
 		return position{}, err
 	}
@@ -446,7 +454,7 @@ func (st *streamer) receive(ctx context.Context, conn *pgconn.PgConn) (pgrepl.Ti
 	nextFile := time.Now()
 	for {
 		if time.Now().After(nextFile) {
-			st.board.write(st.sp.path(statusName))
+			st.board.write(st.sp.path(statusName), st.sp.modes)
 			nextFile = time.Now().Add(time.Second)
 		}
 		rctx, cancel := context.WithDeadline(ctx, nextStatus)
@@ -610,7 +618,7 @@ const readyDir = "ready"
 
 // moveReady moves name from the spool into ready/.
 func (s *spool) moveReady(name string) error {
-	if err := os.MkdirAll(s.path(readyDir), spoolDirMod); err != nil {
+	if err := s.modes.MkdirAll(s.path(readyDir)); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	if err := os.Rename(s.path(name), filepath.Join(s.path(readyDir), name)); err != nil {
@@ -622,11 +630,11 @@ func (s *spool) moveReady(name string) error {
 // writeReady stores content as ready/name, durably.
 func (s *spool) writeReady(name string, content []byte) error {
 	dir := s.path(readyDir)
-	if err := os.MkdirAll(dir, spoolDirMod); err != nil {
+	if err := s.modes.MkdirAll(dir); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	tmp := filepath.Join(s.dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, spoolFilMod)
+	f, err := s.modes.OpenFile(tmp, os.O_TRUNC|os.O_WRONLY)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}

@@ -102,7 +102,7 @@ func (u *uploader) drain(ctx context.Context) error {
 			})
 			// The status file shows progress at once, not at the
 			// receiver's next report.
-			u.board.write(u.sp.path(statusName))
+			u.board.write(u.sp.path(statusName), u.sp.modes)
 		}
 	}
 }

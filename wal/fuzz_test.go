@@ -59,6 +59,62 @@ func FuzzParseFileName(f *testing.F) {
 			if lsn := SegmentStartLSN(seg, size); LSNToSegNo(lsn, size) != seg {
 				t.Fatalf("%s: LSNToSegNo(SegmentStartLSN) != SegNo for size %d", name, size)
 			}
+			// A backup history name is where its backup started: the
+			// formatter gives the same name back from that position.
+			if start, err := fn.StartLSN(size); err == nil && fn.Kind == KindBackupHistory {
+				if got := BackupHistoryFileName(fn.TLI, start, size); got != name {
+					t.Fatalf("%s: BackupHistoryFileName(StartLSN(%d)) = %s", name, size, got)
+				}
+			}
+		}
+		// Each kind's own formatter gives the name back.
+		switch fn.Kind {
+		case KindHistory:
+			if got := HistoryFileName(fn.TLI); got != name {
+				t.Fatalf("%s: HistoryFileName = %s", name, got)
+			}
+		case KindSegment, KindPartial:
+			if got := fn.SegmentName() + name[segmentNameLen:]; got != name {
+				t.Fatalf("%s: SegmentName = %s", name, fn.SegmentName())
+			}
+		}
+	})
+}
+
+// FuzzArchiveLess checks that the order recovery needs archived files in
+// is a strict order on arbitrary names (sort.Slice would misbehave
+// otherwise), puts history files first and names of other tools last.
+func FuzzArchiveLess(f *testing.F) {
+	names := []string{
+		"000000010000000000000001", "000000020000000000000001", "000000010000000000000002",
+		"000000010000000000000001.partial", "00000002.history", "00000003.history",
+		"000000010000000000000004.00000028.backup", "", "x", "../00000002.history",
+		"000000010000000100000000", "0000000100000000000000FF",
+	}
+	for i := range names {
+		f.Add(names[i], names[(i+1)%len(names)], names[(i+5)%len(names)])
+	}
+	f.Fuzz(func(t *testing.T, a, b, c string) {
+		ab, ba := ArchiveLess(a, b), ArchiveLess(b, a)
+		if ab && ba || ArchiveLess(a, a) {
+			t.Fatalf("ArchiveLess(%q, %q) = %v and reversed %v", a, b, ab, ba)
+		}
+		if ab && ArchiveLess(b, c) && !ArchiveLess(a, c) {
+			t.Fatalf("ArchiveLess is not transitive on %q < %q < %q", a, b, c)
+		}
+		if !ab && !ba && a != b {
+			t.Fatalf("ArchiveLess cannot order distinct names %q and %q", a, b)
+		}
+		fa, errA := ParseFileName(a)
+		fb, errB := ParseFileName(b)
+		switch {
+		case errA == nil && errB != nil && !ab:
+			t.Fatalf("WAL file name %q does not come before %q", a, b)
+		case errA == nil && errB == nil && fa.Kind == KindHistory && fb.Kind != KindHistory && !ab:
+			t.Fatalf("history file %q does not come before %q", a, b)
+		case errA == nil && errB == nil && fa.Kind != KindHistory && fb.Kind != KindHistory &&
+			(fa.Log < fb.Log || fa.Log == fb.Log && fa.Seg < fb.Seg) && !ab:
+			t.Fatalf("%q does not come before %q, which is later in the WAL", a, b)
 		}
 	})
 }

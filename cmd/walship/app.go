@@ -47,6 +47,12 @@ const (
 	flagStorageTimeout = "storage-timeout"
 	flagStorageRetries = "storage-retries"
 	flagCacheDir       = "cache-dir"
+	flagS3CAFile       = "s3-ca-file"
+	flagS3AllowHTTP    = "s3-allow-http"
+	flagS3SSE          = "s3-sse"
+	flagS3SSEKMSKeyID  = "s3-sse-kms-key-id"
+	flagObjectLockDays = "object-lock-days"
+	flagObjectLockMode = "object-lock-mode"
 )
 
 const appDescription = `walship ships PostgreSQL WAL to an archive — a local directory or
@@ -76,6 +82,12 @@ turns one into a disaster-recovery restore, a point-in-time recovery or a
 new standby, recovery settings included; "walship backup-delete" applies
 retention (dry run unless --confirm) and "walship wal-verify" checks the
 archive for gaps.
+
+With --encrypt every new object is encrypted on this host (age); a host
+that only pushes needs just the public key (--encrypt-recipient-file),
+hosts that restore the secret key (--decrypt-identity-file; create one
+with "walship keygen"). Keys come from files or the environment, never
+from the command line.
 
 Every setting can also come from the environment (WALSHIP_REPO,
 WALSHIP_COMPRESS, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, …).
@@ -109,6 +121,12 @@ func newApp(stdout, stderr io.Writer) *app {
 			&cli.DurationFlag{Name: flagStorageTimeout, EnvVars: []string{"WALSHIP_STORAGE_TIMEOUT"}, Value: 2 * time.Minute, Usage: "time limit of one storage request attempt"},
 			&cli.IntFlag{Name: flagStorageRetries, EnvVars: []string{"WALSHIP_STORAGE_RETRIES"}, Value: 5, Usage: "attempts per storage request before giving up (with backoff)"},
 			&cli.StringFlag{Name: flagCacheDir, EnvVars: []string{"WALSHIP_CACHE_DIR"}, Usage: "`DIR` for small local caches (default: the user cache dir)"},
+			&cli.StringFlag{Name: flagS3CAFile, EnvVars: []string{"WALSHIP_S3_CA_FILE"}, Usage: "trust the CA certificates in PEM `FILE` for the S3 endpoint, besides the system's (TLS is always verified)"},
+			&cli.BoolFlag{Name: flagS3AllowHTTP, EnvVars: []string{"WALSHIP_S3_ALLOW_HTTP"}, Usage: "allow a plain http:// S3 endpoint on another machine (credentials and WAL then cross the network in clear; http to loopback is always allowed)"},
+			&cli.StringFlag{Name: flagS3SSE, EnvVars: []string{"WALSHIP_S3_SSE"}, Usage: "have the S3 server encrypt new objects at rest, `MODE` AES256 (SSE-S3) or aws:kms (SSE-KMS); default: the bucket's setting"},
+			&cli.IntFlag{Name: flagObjectLockDays, EnvVars: []string{"WALSHIP_OBJECT_LOCK_DAYS"}, Usage: "S3 only: lock every object walship writes against deletion and overwrite for `N` days (S3 Object Lock; the bucket must have been created with object locking); 0: off"},
+			&cli.StringFlag{Name: flagObjectLockMode, EnvVars: []string{"WALSHIP_OBJECT_LOCK_MODE"}, Value: "compliance", Usage: "Object Lock `MODE` with --object-lock-days: compliance (nobody, not even the account's root user, can delete a locked object or shorten its lock; what an archive that must survive stolen credentials needs) or governance (a credential with s3:BypassGovernanceRetention can still delete it or shorten its lock)"},
+			&cli.StringFlag{Name: flagS3SSEKMSKeyID, EnvVars: []string{"WALSHIP_S3_SSE_KMS_KEY_ID"}, Usage: "KMS key `ID` (or ARN, alias) for --s3-sse aws:kms; default: the account's S3 key"},
 		},
 		Before: a.before,
 		Commands: []*cli.Command{
@@ -123,8 +141,11 @@ func newApp(stdout, stderr io.Writer) *app {
 			a.backupFetchCommand(),
 			a.backupDeleteCommand(),
 			a.backupMarkCommand(),
+			a.keygenCommand(),
 		},
 	}
+	a.cli.Flags = append(a.cli.Flags, encryptionFlags()...)
+	a.cli.Flags = append(a.cli.Flags, fenceFlags()...)
 	return a
 }
 
@@ -207,7 +228,8 @@ func applyConfig(c *cli.Context, path string) error {
 		key, value, ok := strings.Cut(text, "=")
 		key, value = strings.TrimSpace(key), strings.Trim(strings.TrimSpace(value), `"'`)
 		if !ok || key == "" {
-			return fmt.Errorf("config file %s line %d: want \"key = value\", got %q", path, line, text)
+			// The line is not shown: it may hold a secret put there by mistake.
+			return fmt.Errorf("config file %s line %d: want \"key = value\"", path, line)
 		}
 		if !known[key] {
 			return fmt.Errorf("config file %s line %d: unknown key %q (known: %s)", path, line, key, strings.Join(sortedKeys(known), ", "))
@@ -277,6 +299,9 @@ func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {
 		if !filepath.IsAbs(u.Path) {
 			return nil, usageError("--repo %q: use an absolute path, file:///abs/dir", raw)
 		}
+		if c.Int(flagObjectLockDays) != 0 {
+			return nil, usageError("--object-lock-days: a file:// archive cannot lock objects (S3 Object Lock only); drop it, or protect the directory by other means")
+		}
 		s, err = fs.New(filepath.Clean(u.Path))
 	case "s3":
 		if u.Host == "" {
@@ -286,11 +311,18 @@ func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {
 		defer cancel()
 		var st *s3.Storage
 		st, err = s3.New(ctx, s3.Options{
-			Bucket:    u.Host,
-			Prefix:    strings.Trim(u.Path, "/"),
-			Endpoint:  c.String(flagS3Endpoint),
-			Region:    c.String(flagS3Region),
-			PathStyle: c.Bool(flagS3PathStyle),
+			Bucket:      u.Host,
+			Prefix:      strings.Trim(u.Path, "/"),
+			Endpoint:    c.String(flagS3Endpoint),
+			Region:      c.String(flagS3Region),
+			PathStyle:   c.Bool(flagS3PathStyle),
+			CAFile:      c.String(flagS3CAFile),
+			AllowHTTP:   c.Bool(flagS3AllowHTTP),
+			SSE:         c.String(flagS3SSE),
+			SSEKMSKeyID: c.String(flagS3SSEKMSKeyID),
+
+			ObjectLockDays: c.Int(flagObjectLockDays),
+			ObjectLockMode: c.String(flagObjectLockMode),
 		})
 		if err == nil {
 			s, a.requests = st, st.Requests
@@ -301,7 +333,7 @@ func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {
 	if err != nil {
 		return nil, withCode(exitUsage, fmt.Errorf("open archive %s: %w", raw, err))
 	}
-	return storage.WithRetry(s, retryOptions(c, a.log)), nil
+	return encryption(c, storage.WithRetry(s, retryOptions(c, a.log)))
 }
 
 // compression returns the codec chosen by --compress.

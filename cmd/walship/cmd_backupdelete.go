@@ -40,7 +40,15 @@ WAL is removed per timeline, up to the start of the oldest kept backup
 that can recover along that timeline (timeline history files say which);
 history files are never removed, and a backup-push still running keeps
 the WAL it needs. Without --confirm nothing is removed: the plan is
-printed (--json for scripts).`,
+printed (--json for scripts).
+
+On an S3 archive written with --object-lock-days, nothing can be
+deleted before its Object Lock retention ends. A backup whose retention
+has not ended stays whole — listed, restorable, with the WAL it needs —
+and backup-delete exits 1 with one line that says until when; WAL under
+retention stays too, while older WAL goes. Run it again after that date
+(from cron, it catches up by itself). On a versioned bucket every version
+of a deleted object is removed, so the space is really freed.`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "retain-full", Usage: "keep the newest `N` backups"},
 			&cli.StringFlag{Name: "before", Usage: "delete what is not needed to recover to `TIME|NAME` or later (a time with its zone, or a backup name)"},

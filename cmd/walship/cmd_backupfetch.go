@@ -14,6 +14,7 @@ import (
 	"github.com/walship/walship/basebackup"
 	"github.com/walship/walship/progress"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/storage"
 	"github.com/walship/walship/wal"
 )
 
@@ -42,8 +43,8 @@ starting PostgreSQL on DIR is all that is left to do:
                        primary (hot standby) and falls back to the archive
 
 restore_command calls this walship binary with the same repository
-settings (never credentials: keep those in the server's environment or a
-config file its OS user can read).
+settings and key file paths (never credentials or keys: keep those in the
+server's environment or in files its OS user can read).
 
 Until a restore completes, DIR holds a file ` + basebackup.IncompleteMarker + `
 and no global/pg_control, so PostgreSQL will not start on it. Tablespaces
@@ -120,13 +121,7 @@ func (a *app) backupFetch(c *cli.Context) error {
 		return fmt.Errorf("backup-fetch: %w", err)
 	}
 	start := time.Now()
-	err = basebackup.Fetch(c.Context, s, b, dir, basebackup.FetchOptions{
-		TablespaceMap: tsMap,
-		Parallel:      c.Int("parallel"),
-		Verify:        c.Bool("verify"),
-		Progress:      a.newReporter(),
-	})
-	if err != nil {
+	if err := a.fetchBackup(c, s, b, dir, tsMap); err != nil {
 		return fmt.Errorf("backup-fetch: %w", err)
 	}
 	if err := restore.WriteRecoverySettings(dir, rs); err != nil {
@@ -146,6 +141,18 @@ func (a *app) backupFetch(c *cli.Context) error {
 		b.Name, dir, progress.Bytes(b.Size), took.Round(time.Second/10), progress.Bytes(int64(float64(b.Size)/took.Seconds())), mode, dir),
 		"backup", b.Name, "size", b.Size, "ms", took.Milliseconds())
 	return nil
+}
+
+// fetchBackup restores b into dir, which must be empty or absent, with
+// the command's --parallel and --verify (backup-fetch, and standby-rejoin
+// when it re-bootstraps).
+func (a *app) fetchBackup(c *cli.Context, s storage.Storage, b basebackup.Backup, dir string, tsMap map[string]string) error {
+	return basebackup.Fetch(c.Context, s, b, dir, basebackup.FetchOptions{
+		TablespaceMap: tsMap,
+		Parallel:      c.Int("parallel"),
+		Verify:        c.Bool("verify"),
+		Progress:      a.newReporter(),
+	})
 }
 
 // recoverySettings turns the flags into recovery settings and the target
@@ -225,10 +232,10 @@ func (a *app) hookCommand(c *cli.Context, command string, hookArgs ...string) (s
 	if err != nil {
 		return "", fmt.Errorf("find the walship binary for restore_command: %w", err)
 	}
-	parts := []string{shellQuote(exe)}
+	parts := []string{hookArg(exe)}
 	add := func(flag, value string) {
 		if value != "" {
-			parts = append(parts, "--"+flag, shellQuote(value))
+			parts = append(parts, "--"+flag, hookArg(value))
 		}
 	}
 	if conf := c.String(flagConfig); conf != "" {
@@ -243,6 +250,25 @@ func (a *app) hookCommand(c *cli.Context, command string, hookArgs ...string) (s
 	if c.Bool(flagS3PathStyle) {
 		parts = append(parts, "--"+flagS3PathStyle)
 	}
+	if ca := c.String(flagS3CAFile); ca != "" {
+		if ca, err = filepath.Abs(ca); err != nil {
+			return "", err
+		}
+		add(flagS3CAFile, ca)
+	}
+	if c.Bool(flagS3AllowHTTP) {
+		parts = append(parts, "--"+flagS3AllowHTTP)
+	}
+	// Key files by absolute path; keys themselves never go on a command
+	// line (one set in the environment must be in the server's too).
+	for _, flag := range []string{flagDecryptIdentityFile, flagEncryptPassphraseFile} {
+		if p := c.String(flag); p != "" {
+			if p, err = filepath.Abs(p); err != nil {
+				return "", err
+			}
+			add(flag, p)
+		}
+	}
 	if c.IsSet(flagCacheDir) {
 		add(flagCacheDir, c.String(flagCacheDir))
 	}
@@ -250,6 +276,13 @@ func (a *app) hookCommand(c *cli.Context, command string, hookArgs ...string) (s
 }
 
 var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./:=@+,-]+$`)
+
+// hookArg quotes s as one argument of a command PostgreSQL runs: for the
+// shell, and with % doubled, since PostgreSQL replaces %f, %p, %r and %%
+// in restore_command and archive_cleanup_command (and from version 16
+// refuses any other % sequence), so a % in a path or URL would otherwise
+// change it or stop recovery.
+func hookArg(s string) string { return strings.ReplaceAll(shellQuote(s), "%", "%%") }
 
 // shellQuote quotes s for /bin/sh, which runs restore_command.
 func shellQuote(s string) string {

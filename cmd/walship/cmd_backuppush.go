@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/archive"
 	"github.com/walship/walship/basebackup"
 	"github.com/walship/walship/progress"
 )
@@ -29,10 +31,16 @@ line when done.
 
 The connection follows libpq conventions: --pg "host=… port=… user=…",
 or PGHOST, PGPORT, PGUSER, PGPASSWORD and ~/.pgpass. The user needs the
-REPLICATION attribute and a "replication" line in pg_hba.conf.`,
+REPLICATION attribute and a "replication" line in pg_hba.conf.
+
+A server whose timeline a newer one in the archive superseded past its
+position (an old primary still running after a failover) is refused
+before anything is stored, and again if that happens while the backup
+runs; with --pgdata, --fence-command runs as for wal-push.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "pg", EnvVars: []string{"WALSHIP_PG"}, Usage: "libpq `CONNINFO` of the server to back up (default: PGHOST, PGPORT, … environment)"},
 			&cli.DurationFlag{Name: "wal-timeout", Value: 10 * time.Minute, Usage: "how long to wait for the backup's last WAL segment to reach the archive"},
+			&cli.StringFlag{Name: "pgdata", EnvVars: []string{"PGDATA"}, Usage: "the server's data `DIR`, when it is on this host: where --fence-command records that it ran"},
 		},
 		Action: a.backupPush,
 	}
@@ -56,6 +64,10 @@ func (a *app) backupPush(c *cli.Context) error {
 		Progress:   a.newReporter(),
 		Logger:     a.log,
 	})
+	var sup *archive.SupersededError
+	if errors.As(err, &sup) && c.IsSet("pgdata") {
+		a.runFenceCommand(c, dataDir(c.String("pgdata")), sup)
+	}
 	if err != nil {
 		return fmt.Errorf("backup-push: %w", err)
 	}

@@ -29,7 +29,13 @@ directory of uncompressed files and needs no --repo:
    walship wal-cleanup --dir /mnt/archive [-n] [-x .gz] 000000010000000000000010
 
 -n (--dry-run) prints what would go, one per line on stdout (paths with
---dir, object keys otherwise), and removes nothing.`,
+--dir, object keys otherwise), and removes nothing.
+
+On an S3 archive written with --object-lock-days, WAL under Object Lock
+retention cannot be removed yet: the older files still go, and
+wal-cleanup exits 1 with one line that says how many stay and until
+when (PostgreSQL logs it as a warning and runs the command again at the
+next restartpoint).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "print what would be removed; remove nothing"},
 			&cli.StringFlag{Name: "dir", Usage: "prune this plain `DIR` instead of the archive (pg_archivecleanup form)"},

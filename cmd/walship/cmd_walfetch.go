@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/walship/walship/archive"
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/progress"
 	"github.com/walship/walship/restore"
 	"github.com/walship/walship/wal"
@@ -172,7 +173,18 @@ func (p *prefetch) want() {
 		global = os.Args[1:i]
 	}
 	cmd := exec.Command(exe, append(slices.Clone(global), "wal-prefetch", "--pgdata", p.dataDir, "--window", fmt.Sprint(p.window))...)
-	cmd.Stderr = os.Stderr // warnings reach the server's log
+	// The helper outlives this call, so it must not hold this process's
+	// stderr: a restore_command whose output goes through a pipe
+	// ("2>&1 | logger") would wait for the helper to exit. Its warnings
+	// go to a log in the spool; failures that matter show up again in
+	// wal-fetch's own log when it fetches without the helper.
+	logFile, err := pgperm.Of(p.dataDir).OpenFile(filepath.Join(p.spool, restore.PrefetchLog), os.O_WRONLY|os.O_CREATE|os.O_APPEND)
+	if err != nil {
+		p.a.log.Debug("prefetch: cannot open the helper's log", "err", err)
+		return
+	}
+	defer logFile.Close()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, nil, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		p.a.log.Debug("prefetch: cannot start the helper", "err", err)

@@ -285,7 +285,7 @@ func standbys(t *testing.T, b backend) {
 		promoted(t, a)
 		insert(a, 5)
 		waitArchived(t, a)
-		if !b.exists(t, "wal/00000002.history.zst") {
+		if !b.exists(t, "wal/00000002.history") {
 			t.Fatal("the promoted standby did not archive 00000002.history through walship")
 		}
 		sees(bStandby, 5) // streams across the timeline switch

@@ -162,7 +162,7 @@ func retention(t *testing.T, b backend) {
 		t.Fatalf("after backup-delete, backup-list shows:\n%s", list.stdout)
 	}
 	left := b.keys(t)
-	if !slices.Contains(left, "wal/00000002.history.zst") {
+	if !slices.Contains(left, "wal/00000002.history") {
 		t.Fatal("retention removed 00000002.history")
 	}
 	for _, key := range left {

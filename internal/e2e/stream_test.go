@@ -337,7 +337,7 @@ func streamPromotion(t *testing.T, b backend) {
 		t.Fatalf("the promoted standby switched out of %s, not a timeline-2 segment", tl2)
 	}
 	waitUntil(t, 2*time.Minute, "wal-stream archives 00000002.history", func() bool {
-		return b.exists(t, "wal/00000002.history.zst")
+		return b.exists(t, "wal/00000002.history")
 	}, fromStandby.service)
 	fromStandby.waitArchived(t, tl2)
 	var partials []string

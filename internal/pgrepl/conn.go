@@ -29,6 +29,11 @@ import (
 	"github.com/walship/walship/wal"
 )
 
+// maxMessageBody bounds the messages walship accepts from a server. No
+// reply walship reads comes near it: WAL data messages hold at most 128 kB,
+// base backup data 32 kB, history files a few kB.
+const maxMessageBody = 64 << 20
+
 // Connect opens a physical replication connection (replication=true) from a
 // libpq-style conninfo: "host=... port=... user=..." or a postgres:// URL.
 // An empty conninfo means the libpq environment variables only (PGHOST,
@@ -50,6 +55,8 @@ func Connect(ctx context.Context, conninfo string) (*pgconn.PgConn, error) {
 		// connect_timeout (or PGCONNECT_TIMEOUT) overrides this.
 		cfg.ConnectTimeout = 30 * time.Second
 	}
+	// A length field beyond it is refused instead of allocated.
+	cfg.MaxProtocolMessageBodyLen = maxMessageBody
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "walship"
 	}

@@ -57,6 +57,10 @@ type Options struct {
 	// in Conf. It is not removed at the end; make it inside a NewDir
 	// directory for that.
 	DataDir string
+	// KeepDataDirMode leaves DataDir's mode as it is (PostgreSQL refuses
+	// to start unless it is 0700, or 0750 for group access): for tests
+	// of the modes a restore leaves.
+	KeepDataDirMode bool
 	// NoWait returns as soon as the server is launched, without waiting
 	// for it to accept connections: for a server that recovers for a long
 	// time or shuts itself down. Use WaitFor afterwards.
@@ -121,7 +125,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.DataDir == "" {
 		err = c.initdb(opts.InitdbArgs)
 	} else {
-		err = c.adopt()
+		err = c.adopt(opts.KeepDataDirMode)
 	}
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -374,7 +378,7 @@ func (c *Cluster) initdb(extra []string) error {
 }
 
 // adopt prepares an existing data directory for the server user.
-func (c *Cluster) adopt() error {
+func (c *Cluster) adopt(keepMode bool) error {
 	dir := c.dataDir
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
 		return fmt.Errorf("data directory %s: %w", dir, err)
@@ -384,6 +388,9 @@ func (c *Cluster) adopt() error {
 	}
 	if err := c.user.chownTree(dir); err != nil {
 		return err
+	}
+	if keepMode {
+		return nil
 	}
 	return os.Chmod(dir, 0o700)
 }

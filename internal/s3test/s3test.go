@@ -61,6 +61,8 @@ type Server struct {
 	addr    string // S3 API, 127.0.0.1:port
 	console string // web console, 127.0.0.1:port
 	client  *minio.Client
+	opts    Options
+	tls     *tlsFiles // with Options.TLS
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -77,10 +79,22 @@ type process struct {
 // serves requests and registers its shutdown with t.Cleanup.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start for a server set up as o says.
+func StartWith(t testing.TB, o Options) *Server {
+	t.Helper()
 	bin := findMinIO(t)
-	s := &Server{bin: bin, dir: t.TempDir()}
+	s := &Server{bin: bin, dir: t.TempDir(), opts: o}
 	if err := os.Mkdir(s.dataDir(), 0o700); err != nil {
 		t.Fatalf("s3test: %v", err)
+	}
+	if o.TLS {
+		var err error
+		if s.tls, err = newTLSFiles(s.dir); err != nil {
+			t.Fatalf("s3test: %v", err)
+		}
 	}
 	t.Cleanup(func() {
 		s.kill()
@@ -106,6 +120,8 @@ func Start(t testing.TB) *Server {
 		Creds:        credentials.NewStaticV4(accessKey, secretKey, ""),
 		Region:       Region,
 		BucketLookup: minio.BucketLookupPath,
+		Secure:       s.tls != nil,
+		Transport:    s.transport(),
 	})
 	if err != nil {
 		t.Fatalf("s3test: minio client: %v", err)
@@ -113,8 +129,14 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// Endpoint is the S3 API's URL, "http://127.0.0.1:PORT".
-func (s *Server) Endpoint() string { return "http://" + s.addr }
+// Endpoint is the S3 API's URL, "http://127.0.0.1:PORT" (https with
+// Options.TLS).
+func (s *Server) Endpoint() string {
+	if s.tls != nil {
+		return "https://" + s.addr
+	}
+	return "http://" + s.addr
+}
 
 // AccessKey is the server's root user, usable as AWS_ACCESS_KEY_ID.
 func (s *Server) AccessKey() string { return accessKey }
@@ -147,6 +169,34 @@ func (s *Server) NewBucket(t testing.TB) string {
 	defer cancel()
 	if err := s.client.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: Region}); err != nil {
 		t.Fatalf("s3test: create bucket %s: %v", name, err)
+	}
+	return name
+}
+
+// NewLockedBucket creates an empty bucket with Object Lock enabled (and
+// so versioning, which Object Lock needs), without a default retention:
+// objects are locked only when their writer asks. MinIO supports this on
+// a single drive with no extra setting.
+func (s *Server) NewLockedBucket(t testing.TB) string {
+	t.Helper()
+	name := "walship-lock-" + randomHex(t, 8)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.client.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: Region, ObjectLocking: true}); err != nil {
+		t.Fatalf("s3test: create bucket %s with object locking: %v", name, err)
+	}
+	return name
+}
+
+// NewVersionedBucket creates an empty bucket with versioning enabled and
+// no Object Lock.
+func (s *Server) NewVersionedBucket(t testing.TB) string {
+	t.Helper()
+	name := s.NewBucket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.client.EnableVersioning(ctx, name); err != nil {
+		t.Fatalf("s3test: enable versioning on %s: %v", name, err)
 	}
 	return name
 }
@@ -213,15 +263,19 @@ func (s *Server) start() error {
 	}
 	defer log.Close() // the child has its own descriptor
 
-	cmd := exec.Command(s.bin, "server",
-		"--address", s.addr,
-		"--console-address", s.console,
-		s.dataDir())
+	args := []string{"server", "--address", s.addr, "--console-address", s.console}
+	if s.tls != nil {
+		args = append(args, "--certs-dir", s.tls.certsDir)
+	}
+	cmd := exec.Command(s.bin, append(args, s.dataDir())...)
 	cmd.Env = append(childEnv(),
 		"MINIO_ROOT_USER="+accessKey,
 		"MINIO_ROOT_PASSWORD="+secretKey,
 		"MINIO_UPDATE=off",
 	)
+	if s.opts.KMS {
+		cmd.Env = append(cmd.Env, "MINIO_KMS_SECRET_KEY="+KMSKeyID+":"+kmsKey)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
@@ -270,6 +324,11 @@ func (s *Server) waitHealthy(p *process) error {
 // loaded IAM and bucket metadata (cluster), so that the first authenticated
 // request does not fail with "server not initialized".
 func (s *Server) healthy(hc *http.Client) bool {
+	if tr := s.transport(); tr != nil && hc.Transport == nil {
+		c := *hc
+		c.Transport = tr
+		hc = &c
+	}
 	get := func(path string) bool {
 		resp, err := hc.Get(s.Endpoint() + path)
 		if err != nil {

@@ -15,8 +15,16 @@
 // file while it waits for data, so only a dead writer's file gets old).
 // PutStream uses one 256 KiB buffer whatever the length of the stream.
 //
-// Directories are created with mode 0700 and files with 0600: the archive
-// holds a full copy of the database.
+// # File modes
+//
+// The archive holds a full copy of the database, so what walship creates
+// in it is its owner's alone: directories 0700, files 0600. An archive
+// directory that grants its group read and execute (0750, PostgreSQL's
+// rule for a data directory with group access) gets 0750 and 0640
+// instead, so a group of backup readers keeps access to new objects.
+// Nothing is ever readable by others, whatever the umask; the modes of
+// what is already there are left alone. As root, walship gives what it
+// creates to the archive directory's owner.
 //
 // # Layout
 //
@@ -59,6 +67,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/walship/walship/internal/pgperm"
 	"github.com/walship/walship/storage"
 )
 
@@ -70,7 +79,6 @@ const (
 	// List removes it. A Put in progress writes to its file all the time,
 	// so only a dead writer's file gets this old.
 	staleTemp = time.Hour
-	dirMode   = 0o700
 )
 
 // Storage is an archive in a directory. It is safe for concurrent use,
@@ -81,6 +89,9 @@ type Storage struct {
 	// creates: a root-run walship (backup-fetch, a cron job) must not
 	// leave files the PostgreSQL OS user cannot read or replace.
 	owner *owner
+	// modes are those of every file and directory walship creates,
+	// from the mode of the archive directory (see File modes).
+	modes pgperm.Modes
 }
 
 type owner struct{ uid, gid int }
@@ -128,7 +139,7 @@ func New(dir string) (*Storage, error) {
 	case !fi.IsDir():
 		return nil, fmt.Errorf("archive directory %s is not a directory: fix the repository URL", dir)
 	}
-	return &Storage{dir: dir, owner: ownerFor(fi)}, nil
+	return &Storage{dir: dir, owner: ownerFor(fi), modes: pgperm.ForMode(fi.Mode())}, nil
 }
 
 // Create is New for a new archive: it first creates dir and any missing
@@ -137,7 +148,7 @@ func Create(dir string) (*Storage, error) {
 	if filepath.IsAbs(dir) {
 		dir = filepath.Clean(dir)
 		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(dir, dirMode); err != nil {
+			if err := pgperm.Owner().MkdirAll(dir); err != nil {
 				return nil, fmt.Errorf("creating archive directory %s: %w (check that the PostgreSQL OS user can write to %s)", dir, cause(err), filepath.Dir(dir))
 			}
 			if err := syncDir(filepath.Dir(dir)); err != nil {
@@ -251,7 +262,7 @@ func (s *Storage) store(ctx context.Context, key string, meta map[string]string,
 	for attempt := 1; ; attempt++ {
 		err = s.mkdirAll(dir)
 		if err == nil {
-			tmp, err = os.CreateTemp(dir, tempPrefix+"*")
+			tmp, err = s.modes.CreateTemp(dir, tempPrefix+"*")
 			if err != nil {
 				err = s.describe("creating a file in", dir, err)
 			} else if err = s.chown(tmp.Name()); err != nil {
@@ -400,7 +411,7 @@ func (s *Storage) mkdirAll(dir string) error {
 	for c := range strings.SplitSeq(rel, string(filepath.Separator)) {
 		parent := cur
 		cur = filepath.Join(cur, c)
-		err := os.Mkdir(cur, dirMode)
+		err := s.modes.Mkdir(cur)
 		switch {
 		case err == nil:
 			if err := s.chown(cur); err != nil {

@@ -134,22 +134,51 @@ func TestKeyEscapesRejected(t *testing.T) {
 	}
 }
 
+// TestModes: what the archive creates is 0700/0600, or 0750/0640 in an
+// archive directory that grants its group access, whatever the umask.
 func TestModes(t *testing.T) {
-	s := newTest(t)
-	if err := s.Put(t.Context(), "basebackups/b/meta.json", bytes.NewReader([]byte("{}")), 2, nil); err != nil {
-		t.Fatal(err)
-	}
-	for path, want := range map[string]os.FileMode{
-		"basebackups":             os.ModeDir | 0o700,
-		"basebackups/b":           os.ModeDir | 0o700,
-		"basebackups/b/meta.json": 0o600,
+	for _, tc := range []struct {
+		root      os.FileMode
+		dir, file os.FileMode
+	}{
+		{0o700, 0o700, 0o600},
+		{0o755, 0o750, 0o640}, // never world-readable below it
+		{0o750, 0o750, 0o640},
+		{0o710, 0o700, 0o600},
 	} {
-		fi, err := os.Stat(filepath.Join(s.dir, path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode() != want {
-			t.Errorf("%s has mode %v, want %v", path, fi.Mode(), want)
+		for _, mask := range []int{0o022, 0o077, 0o000} {
+			s := newTest(t)
+			if err := os.Chmod(s.dir, tc.root); err != nil {
+				t.Fatal(err)
+			}
+			s, err := New(s.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := syscall.Umask(mask)
+			err = s.Put(t.Context(), "basebackups/b/meta.json", bytes.NewReader([]byte("{}")), 2, nil)
+			if err == nil {
+				_, err = s.PutStream(t.Context(), "wal/x/000000010000000000000001", strings.NewReader("stream"), nil)
+			}
+			syscall.Umask(old)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for path, want := range map[string]os.FileMode{
+				"basebackups":                    os.ModeDir | tc.dir,
+				"basebackups/b":                  os.ModeDir | tc.dir,
+				"basebackups/b/meta.json":        tc.file,
+				"wal/x":                          os.ModeDir | tc.dir,
+				"wal/x/000000010000000000000001": tc.file,
+			} {
+				fi, err := os.Stat(filepath.Join(s.dir, path))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode() != want {
+					t.Errorf("archive directory %04o, umask %04o: %s has mode %v, want %v", tc.root, mask, path, fi.Mode(), want)
+				}
+			}
 		}
 	}
 }

@@ -42,6 +42,9 @@ type cannedDeletes struct {
 }
 
 func (c *cannedDeletes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if answerVersioning(w, r) {
+		return
+	}
 	if r.Method != http.MethodPost || r.URL.Path != "/bucket" || !r.URL.Query().Has("delete") {
 		c.t.Errorf("unexpected request %s %s", r.Method, r.URL)
 		w.WriteHeader(http.StatusNotImplemented)
@@ -76,6 +79,17 @@ func (c *cannedDeletes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.WriteString("</DeleteResult>")
 	w.Header().Set("Content-Type", "application/xml")
 	io.WriteString(w, b.String())
+}
+
+// answerVersioning answers GetBucketVersioning, which the first delete
+// of a Storage sends, for a bucket that was never versioned.
+func answerVersioning(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method != http.MethodGet || !r.URL.Query().Has("versioning") {
+		return false
+	}
+	w.Header().Set("Content-Type", "application/xml")
+	io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+"\n"+`<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></VersioningConfiguration>`)
+	return true
 }
 
 func openCanned(t *testing.T, c *cannedDeletes) *s3.Storage {

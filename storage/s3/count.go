@@ -8,7 +8,8 @@ import (
 )
 
 // requestCounts counts the HTTP requests a Storage sent, by kind:
-// GET, PUT, HEAD, POST, DELETE, and LIST for a GET that lists.
+// GET, PUT, HEAD, POST, DELETE, and LIST for a GET that lists objects
+// or object versions.
 type requestCounts struct {
 	mu sync.Mutex
 	n  map[string]int64
@@ -29,7 +30,7 @@ type countingClient struct {
 
 func (c countingClient) Do(r *http.Request) (*http.Response, error) {
 	kind := r.Method
-	if kind == http.MethodGet && r.URL.Query().Has("list-type") {
+	if kind == http.MethodGet && (r.URL.Query().Has("list-type") || r.URL.Query().Has("versions")) {
 		kind = "LIST"
 	}
 	c.counts.add(kind)

@@ -17,8 +17,20 @@ import (
 	"github.com/walship/walship/storage"
 )
 
-// policyHint lists what walship needs from a bucket policy.
-const policyHint = "walship needs s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket"
+// policyHint says which permission a call of kind op needs.
+func policyHint(op string) string {
+	switch {
+	case op == "get" || op == "stat":
+		// Without s3:ListBucket, S3 answers a missing key with 403.
+		return "reading needs s3:GetObject; without s3:ListBucket a missing object is answered 403 too"
+	case op == "list":
+		return "listing needs s3:ListBucket"
+	case op == "delete":
+		return "deleting needs s3:DeleteObject"
+	default:
+		return "writing needs s3:PutObject"
+	}
+}
 
 // httpStatus is the status of the server's answer, or 0 when there was none.
 func httpStatus(err error) int {
@@ -76,6 +88,15 @@ func (s *Storage) failAt(ctx context.Context, op, where string, w *watchdog, err
 	}
 
 	status, code := httpStatus(err), apiCode(err)
+	if errors.Is(err, errDowngrade) {
+		return storage.Permanent(fmt.Errorf("s3 %s %s: %w", op, where, err))
+	}
+	if why := s.tlsProblem(err); why != "" && status == 0 {
+		return storage.Permanent(wrap("%s", why))
+	}
+	if why := s.lockProblem(op, err); why != "" {
+		return storage.Permanent(wrap("%s", why))
+	}
 	if status == 0 {
 		var sendErr *smithyhttp.RequestSendError
 		var netErr net.Error
@@ -130,7 +151,7 @@ func (s *Storage) failAt(ctx context.Context, op, where string, w *watchdog, err
 
 	switch {
 	case status == http.StatusForbidden:
-		return storage.Permanent(wrap("access denied to %s: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy (%s)", s, policyHint))
+		return storage.Permanent(wrap("access denied to %s: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy (%s)", s, policyHint(op)))
 	case status == http.StatusMovedPermanently:
 		return storage.Permanent(wrap("%s", s.wrongRegion(err)))
 	case status == http.StatusConflict, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:

@@ -22,6 +22,22 @@
 //     permanent failure in the *storage.DeleteError; other per-key
 //     failures are worth retrying.
 //   - A missing bucket is never reported as a missing object.
+//   - With Options.ObjectLockDays, every PutObject and
+//     CreateMultipartUpload carries an Object Lock retention (mode and
+//     retain-until date); a bucket without Object Lock refuses the first
+//     write, with an error that says so.
+//   - On a versioned bucket (asked once per Storage with
+//     GetBucketVersioning, on the first delete), Delete and DeleteBatch
+//     remove every version and delete marker of a key, so that a delete
+//     frees the space or is refused; a delete refused because of Object
+//     Lock is a *storage.RetentionError that says until when.
+//   - TLS certificates are always verified (against the system's roots
+//     plus Options.CAFile); a failed verification is a permanent error
+//     that names the fix. Plain http goes only to this machine
+//     (loopback) unless Options.AllowHTTP, and no request follows a
+//     redirect from https to http.
+//   - With Options.SSE, every PutObject and CreateMultipartUpload asks
+//     the server to encrypt the object at rest (SSE-S3 or SSE-KMS).
 //   - No call waits forever: connecting, the TLS handshake, waiting for an
 //     answer and every stretch of an upload or download without progress
 //     are bounded, with or without a deadline on the context. This covers
@@ -94,6 +110,16 @@ type Options struct {
 	Region    string
 	PathStyle bool   // address buckets as endpoint/bucket, not bucket.endpoint
 	CAFile    string // PEM certificates to trust besides the system's
+	// AllowHTTP permits a plain http:// endpoint on a host other than
+	// this machine (loopback). Without it such an endpoint is refused:
+	// credentials and data would cross the network in clear.
+	AllowHTTP bool
+	// SSE asks the server to encrypt new objects at rest: "" (the
+	// bucket's default), SSEAES256 (keys managed by S3) or SSEKMS.
+	SSE string
+	// SSEKMSKeyID names the KMS key for SSEKMS; empty means the
+	// account's default key. Only valid with SSEKMS.
+	SSEKMSKeyID string
 	// StallTimeout fails a call that waits this long for an answer, or
 	// moves no data for this long during an upload or download (a Get
 	// body that is not read for this long fails too). Zero means
@@ -104,6 +130,12 @@ type Options struct {
 	// stream holds about four parts in memory (three uploading, one
 	// filling).
 	PartSize int64
+	// ObjectLockDays, when positive, gives every object written an S3
+	// Object Lock retention of that many days from its upload, in
+	// ObjectLockMode (LockCompliance when empty, or LockGovernance).
+	// The bucket must have been created with Object Lock.
+	ObjectLockDays int
+	ObjectLockMode string
 }
 
 // DefaultStallTimeout is generous enough for a server that is slow but
@@ -128,6 +160,10 @@ type Storage struct {
 	stall    time.Duration
 	partSize int64 // of a stream's first parts
 	counts   *requestCounts
+	sse      string     // Options.SSE
+	sseKeyID string     // Options.SSEKMSKeyID
+	lock     objectLock // Options.ObjectLockDays and ObjectLockMode
+	vers     versioning // whether the bucket keeps versions, once known
 }
 
 var (
@@ -163,6 +199,13 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 	if partSize < minPartSize || partSize > maxPartSize {
 		return nil, storage.Permanent(fmt.Errorf("S3 part size %d is outside what S3 accepts (5 MiB to 5 GiB)", o.PartSize))
 	}
+	if err := checkSSE(o.SSE, o.SSEKMSKeyID); err != nil {
+		return nil, storage.Permanent(err)
+	}
+	lock, err := checkObjectLock(o.ObjectLockDays, o.ObjectLockMode)
+	if err != nil {
+		return nil, storage.Permanent(err)
+	}
 
 	var roots *x509.CertPool
 	if o.CAFile != "" {
@@ -179,12 +222,16 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = tlsHandshakeTimeout
 			tr.ResponseHeaderTimeout = stall
+			if tr.TLSClientConfig == nil {
+				tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+			}
+			// Certificates are always verified; there is no setting to
+			// turn that off.
+			tr.TLSClientConfig.InsecureSkipVerify = false
 			if roots != nil {
-				if tr.TLSClientConfig == nil {
-					tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-				}
 				tr.TLSClientConfig.RootCAs = roots
 			}
+			tr.Proxy = guardScheme(o.AllowHTTP, tr.Proxy)
 		})
 
 	counts := &requestCounts{n: map[string]int64{}}
@@ -201,14 +248,16 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 		return nil, storage.Permanent(fmt.Errorf("load AWS configuration: %w (check AWS_PROFILE, ~/.aws/config and ~/.aws/credentials)", err))
 	}
 
-	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall, partSize: partSize, counts: counts}
+	s := &Storage{bucket: o.Bucket, prefix: prefix, stall: stall, partSize: partSize, counts: counts, sse: o.SSE, sseKeyID: o.SSEKMSKeyID, lock: lock}
 	var noRegion bool
+	var endpoint string // as the SDK resolved it; "" for AWS S3
 	s.client = s3.NewFromConfig(cfg, func(so *s3.Options) {
 		if o.Endpoint != "" {
 			so.BaseEndpoint = aws.String(o.Endpoint)
 		}
 		// BaseEndpoint may also have come from AWS_ENDPOINT_URL(_S3).
 		if so.BaseEndpoint != nil {
+			endpoint = *so.BaseEndpoint
 			s.endpoint = *so.BaseEndpoint
 			if so.Region == "" {
 				so.Region = "us-east-1"
@@ -230,6 +279,9 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 	})
 	if noRegion {
 		return nil, storage.Permanent(errors.New("no AWS region configured for s3://" + o.Bucket + ": set AWS_REGION (or region in ~/.aws/config)"))
+	}
+	if err := checkTransport(endpoint, o.AllowHTTP); err != nil {
+		return nil, storage.Permanent(err)
 	}
 	return s, nil
 }
@@ -309,15 +361,23 @@ func (s *Storage) putObject(ctx context.Context, key string, body *section, sum 
 	w := s.watch(ctx)
 	defer w.stop()
 	body.progress = w.progress
+	sse, sseKey := s.sseHeaders()
+	lockMode, lockUntil := s.lockHeaders()
 	out, err := s.client.PutObject(w.ctx, &s3.PutObjectInput{
-		Bucket:            aws.String(s.bucket),
-		Key:               aws.String(s.objectKey(key)),
-		Body:              body,
-		ContentLength:     aws.Int64(body.size),
-		IfNoneMatch:       aws.String("*"),
-		Metadata:          meta,
-		ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
-		ChecksumCRC32C:    aws.String(sum),
+		Bucket:               aws.String(s.bucket),
+		Key:                  aws.String(s.objectKey(key)),
+		Body:                 body,
+		ContentLength:        aws.Int64(body.size),
+		IfNoneMatch:          aws.String("*"),
+		Metadata:             meta,
+		ChecksumAlgorithm:    types.ChecksumAlgorithmCrc32c,
+		ChecksumCRC32C:       aws.String(sum),
+		ServerSideEncryption: sse,
+		SSEKMSKeyId:          sseKey,
+		// With Object Lock: the CRC32C above is the integrity
+		// checksum S3 requires of a write with retention.
+		ObjectLockMode:            lockMode,
+		ObjectLockRetainUntilDate: lockUntil,
 	})
 	if err != nil {
 		if httpStatus(err) == http.StatusPreconditionFailed {
@@ -430,10 +490,21 @@ func (s *Storage) List(ctx context.Context, prefix string, fn func(storage.Objec
 }
 
 // Delete removes the object; S3 answers a delete of a missing key with
-// success.
+// success. On a versioned bucket it removes every version of the key
+// (deleteVersions).
 func (s *Storage) Delete(ctx context.Context, key string) error {
 	if err := checkKey(key); err != nil {
 		return storage.Permanent(fmt.Errorf("s3 delete %s: %w", s.url(key), err))
+	}
+	if v, err := s.versioned(ctx); err != nil {
+		return err
+	} else if v {
+		err := s.deleteVersions(ctx, []string{key})
+		var de *storage.DeleteError
+		if errors.As(err, &de) && len(de.Failed) == 1 {
+			return de.Failed[0].Err
+		}
+		return err
 	}
 	w := s.watch(ctx)
 	defer w.stop()
@@ -450,7 +521,9 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 // DeleteBatch removes up to storage.MaxBatch objects with one
 // DeleteObjects request. S3 reports a missing key as deleted; keys it
 // could not delete come back as a *storage.DeleteError, those refused for
-// lack of permission or because of Object Lock as permanent failures.
+// lack of permission or because of Object Lock as permanent failures. On
+// a versioned bucket it removes every version of each key
+// (deleteVersions).
 func (s *Storage) DeleteBatch(ctx context.Context, keys []string) error {
 	if len(keys) == 0 {
 		return nil
@@ -466,6 +539,11 @@ func (s *Storage) DeleteBatch(ctx context.Context, keys []string) error {
 		}
 		objects[i] = types.ObjectIdentifier{Key: aws.String(s.objectKey(key))}
 		index[s.objectKey(key)] = i
+	}
+	if v, err := s.versioned(ctx); err != nil {
+		return err
+	} else if v {
+		return s.deleteVersions(ctx, keys)
 	}
 	w := s.watch(ctx)
 	defer w.stop()

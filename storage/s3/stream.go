@@ -113,9 +113,10 @@ func (s *Storage) PutStream(ctx context.Context, key string, r io.Reader, meta m
 // the key is already stored, so that a backup that cannot succeed fails
 // at once rather than after uploading gigabytes. It only saves work: the
 // conditional request at the end still decides, since another writer may
-// store the key in the meantime. Answers that retrying cannot change (no
-// access, bad credentials) are returned too; anything else is left for
-// the upload to run into.
+// store the key in the meantime. Answers that retrying cannot change (a
+// missing bucket, a wrong region) are returned too, but not 403, which is
+// also how S3 answers a missing key to a caller without s3:ListBucket;
+// anything else is left for the upload to run into.
 func (s *Storage) refuseExisting(ctx context.Context, key string) error {
 	w := s.watch(ctx)
 	defer w.stop()
@@ -126,7 +127,10 @@ func (s *Storage) refuseExisting(ctx context.Context, key string) error {
 	switch {
 	case err == nil:
 		return fmt.Errorf("s3 put %s: %w", s.url(key), storage.ErrExist)
-	case isNotFound(err):
+	case isNotFound(err), httpStatus(err) == http.StatusForbidden:
+		// A caller without s3:ListBucket (a pushing host under least
+		// privilege) gets 403 for a missing key: nothing is known, and
+		// the upload's own requests say whether it may write.
 		return nil
 	}
 	err = s.fail(ctx, "put", key, w, err)
@@ -225,11 +229,19 @@ func (st *stream) create(ctx context.Context) error {
 	return storage.Retry(ctx, st.retry, st.what(), func(ctx context.Context) error {
 		w := st.s.watch(ctx)
 		defer w.stop()
+		sse, sseKey := st.s.sseHeaders()
+		lockMode, lockUntil := st.s.lockHeaders()
 		out, err := st.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
-			Bucket:            aws.String(st.s.bucket),
-			Key:               aws.String(st.s.objectKey(st.key)),
-			Metadata:          st.meta,
-			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			Bucket:               aws.String(st.s.bucket),
+			Key:                  aws.String(st.s.objectKey(st.key)),
+			Metadata:             st.meta,
+			ChecksumAlgorithm:    types.ChecksumAlgorithmCrc32c,
+			ServerSideEncryption: sse,
+			SSEKMSKeyId:          sseKey,
+			// Each part carries its CRC32C, the checksum S3 requires
+			// of an upload with retention.
+			ObjectLockMode:            lockMode,
+			ObjectLockRetainUntilDate: lockUntil,
 		})
 		if err != nil {
 			return st.s.fail(ctx, "start multipart upload of", st.key, w, err)

@@ -141,6 +141,8 @@ func newApp(stdout, stderr io.Writer) *app {
 			a.backupFetchCommand(),
 			a.backupDeleteCommand(),
 			a.backupMarkCommand(),
+			a.standbyPromoteCommand(),
+			a.standbyRejoinCommand(),
 			a.keygenCommand(),
 		},
 	}

@@ -68,6 +68,9 @@ func (a *app) walFetch(c *cli.Context) error {
 	name, dest := argv[0], argv[1]
 	dd := dataDir(a.fetchDir)
 	standby := dd != "" && fileExists(filepath.Join(dd, "standby.signal"))
+	if standby && a.fetchHeld(dd, name) {
+		return exitError{exitFailure, errQuiet}
+	}
 	// A prefetched segment needs no storage client at all.
 	pf := a.prefetchFor(c, dd, name)
 	if pf != nil {

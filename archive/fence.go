@@ -411,13 +411,9 @@ func noCodec() codec.Codec {
 // newer timeline in the archive left its timeline before the segment's
 // end.
 func checkFence(ctx context.Context, s storage.Storage, f *os.File, fn wal.FileName, o PushOptions) error {
-	head := make([]byte, wal.LongPageHeaderSize)
-	if _, err := f.ReadAt(head, 0); err != nil {
-		return fmt.Errorf("%w: %s: cannot read the page header: %v", ErrInvalid, fn, err)
-	}
-	hdr, err := wal.ParsePageHeader(head)
+	_, hdr, err := readPageHeader(f, fn)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrInvalid, fn, err)
+		return err
 	}
 	segSize := int64(hdr.SegSize)
 	start, err := fn.StartLSN(segSize)

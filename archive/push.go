@@ -175,13 +175,9 @@ func checkIdentity(ctx context.Context, s storage.Storage, f *os.File, size int6
 	)
 	switch fn.Kind {
 	case wal.KindSegment, wal.KindPartial:
-		head := make([]byte, wal.LongPageHeaderSize)
-		if _, err := f.ReadAt(head, 0); err != nil {
-			return fmt.Errorf("%w: %s: cannot read the page header: %v", ErrInvalid, fn, err)
-		}
-		hdr, err := wal.ParsePageHeader(head)
+		head, hdr, err := readPageHeader(f, fn)
 		if err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrInvalid, fn, err)
+			return err
 		}
 		segSize = int64(hdr.SegSize)
 		if err := wal.CheckSegmentSize(segSize); err != nil {
@@ -278,4 +274,18 @@ func WALArchived(ctx context.Context, s storage.Storage, name string, preferred 
 		}
 	}
 	return false, nil
+}
+
+// readPageHeader reads and parses the long page header at the start of
+// segment fn (open as f).
+func readPageHeader(f *os.File, fn wal.FileName) ([]byte, wal.PageHeader, error) {
+	head := make([]byte, wal.LongPageHeaderSize)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return nil, wal.PageHeader{}, fmt.Errorf("%w: %s: cannot read the page header: %v", ErrInvalid, fn, err)
+	}
+	hdr, err := wal.ParsePageHeader(head)
+	if err != nil {
+		return nil, wal.PageHeader{}, fmt.Errorf("%w: %s: %v", ErrInvalid, fn, err)
+	}
+	return head, hdr, nil
 }

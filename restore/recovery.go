@@ -336,33 +336,10 @@ func isSecretConnKey(key string) bool { return key == "password" || key == "sslp
 // access, 0600 otherwise) and, when walship runs as root, owned by the
 // directory's owner.
 func WriteRecoverySettings(dataDir string, s RecoverySettings) error {
-	if err := s.Validate(); err != nil {
-		return err
-	}
-	fi, err := os.Stat(dataDir)
+	owner, err := writeRecoveryBlock(dataDir, s)
 	if err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("data directory %s is not a directory", dataDir)
-	}
-	if _, err := os.Stat(filepath.Join(dataDir, "PG_VERSION")); err != nil {
-		return fmt.Errorf("%s is not a PostgreSQL data directory (no PG_VERSION): restore a base backup into it first: %w", dataDir, err)
-	}
-	owner := ownerOfDataDir(fi)
-
-	confPath := filepath.Join(dataDir, autoConfName)
-	current, err := os.ReadFile(confPath)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		current = []byte(autoConfHeader)
-	case err != nil:
-		return fmt.Errorf("read %s: %w", confPath, err)
-	}
-	if err := writeDataDirFile(dataDir, autoConfName, recoveryConf(current, s), owner); err != nil {
 		return err
 	}
-
 	signal, other := recoverySignal, standbySignal
 	if s.Standby {
 		signal, other = standbySignal, recoverySignal
@@ -376,6 +353,51 @@ func WriteRecoverySettings(dataDir string, s RecoverySettings) error {
 		return fmt.Errorf("remove %s: %w", other, err)
 	}
 	return syncDataDir(dataDir)
+}
+
+// SetRestoreCommand writes restore_command into walship's block of
+// dataDir/postgresql.auto.conf and leaves the signal files as they are.
+// pg_rewind --restore-target-wal asks the target's own configuration for
+// restore_command (postgres -C restore_command) to fetch WAL that is no
+// longer in pg_wal; a signal file written now would turn the crash
+// recovery pg_rewind may run first into an archive recovery or a standby.
+func SetRestoreCommand(dataDir, command string) error {
+	if _, err := writeRecoveryBlock(dataDir, RecoverySettings{Standby: true, RestoreCommand: command}); err != nil {
+		return err
+	}
+	return syncDataDir(dataDir)
+}
+
+// writeRecoveryBlock validates s and writes walship's block of
+// dataDir/postgresql.auto.conf, leaving the signal files alone. It
+// returns the owner files of the directory get.
+func writeRecoveryBlock(dataDir string, s RecoverySettings) (fileOwner, error) {
+	if err := s.Validate(); err != nil {
+		return fileOwner{}, err
+	}
+	fi, err := os.Stat(dataDir)
+	if err != nil {
+		return fileOwner{}, fmt.Errorf("data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fileOwner{}, fmt.Errorf("data directory %s is not a directory", dataDir)
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "PG_VERSION")); err != nil {
+		return fileOwner{}, fmt.Errorf("%s is not a PostgreSQL data directory (no PG_VERSION): restore a base backup into it first: %w", dataDir, err)
+	}
+	owner := ownerOfDataDir(fi)
+	confPath := filepath.Join(dataDir, autoConfName)
+	current, err := os.ReadFile(confPath)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		current = []byte(autoConfHeader)
+	case err != nil:
+		return fileOwner{}, fmt.Errorf("read %s: %w", confPath, err)
+	}
+	if err := writeDataDirFile(dataDir, autoConfName, recoveryConf(current, s), owner); err != nil {
+		return fileOwner{}, err
+	}
+	return owner, nil
 }
 
 // recoveryConf returns postgresql.auto.conf's content with walship's

@@ -41,10 +41,6 @@ type FetchOptions struct {
 	// Only on request: a standby or a restore that may still get the
 	// complete segment should wait for it instead.
 	Partial bool
-	// noSync skips the fsync of dest: the prefetcher's spool is trusted
-	// only within one boot of the machine, so a crash cannot leave a file
-	// there that looks complete but is not.
-	noSync bool
 }
 
 // FetchResult describes a completed fetch.
@@ -62,6 +58,14 @@ type FetchResult struct {
 // Fetch restores the archived file name to dest. dest appears only when
 // complete and verified (checksum, size and, for segments, the page
 // header and system identifier); a partial download never reaches it.
+//
+// dest is not fsynced. PostgreSQL reads the file right away, and when it
+// keeps one (a standby's restored segment, a history file) it makes it
+// durable itself (durable_rename in KeepFileRestoredFromArchive); after a
+// crash, recovery starts again from its last restartpoint and asks for
+// the file again. An fsync here would cost a disk flush per segment for
+// nothing. (The prefetcher's spool relies on the same rule, plus its
+// boot-id guard, for the copies it keeps ahead.)
 //
 // Errors: ErrBadName for a malformed name, ErrNotFound when the archive
 // has no such file, archive.ErrCorrupt or archive.ErrForeign when the
@@ -233,11 +237,6 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 			return FetchResult{}, err
 		}
 	}
-	if o.noSync {
-		// nothing: see FetchOptions.noSync
-	} else if err := tmp.Sync(); err != nil {
-		return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
-	}
 	if err := tmp.Close(); err != nil {
 		return FetchResult{}, fmt.Errorf("write %s: %w", dest, err)
 	}
@@ -245,10 +244,6 @@ func writeVerified(rc io.ReadCloser, info storage.ObjectInfo, fn wal.FileName, d
 		return FetchResult{}, fmt.Errorf("move the fetched file into place at %s: %w", dest, err)
 	}
 	committed = true
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 	return FetchResult{Name: name, Key: info.Key, Size: n, Stored: info.Size}, nil
 }
 

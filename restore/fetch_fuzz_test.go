@@ -74,7 +74,6 @@ func FuzzFetch(f *testing.F) {
 		dest := filepath.Join(dir, "RECOVERYXLOG")
 		os.Remove(dest)
 		o := options(t)
-		o.noSync = true // durability is not what is fuzzed
 		_, err = Fetch(ctx, s, name, dest, o)
 		entries, rerr := os.ReadDir(dir)
 		if rerr != nil {

@@ -116,8 +116,8 @@ func TakePrefetched(spool, name, dest string) bool {
 	return true
 }
 
-// copyFile copies src to dest through a synced temporary file of mode
-// m.File.
+// copyFile copies src to dest through a temporary file of mode m.File
+// and a rename (not synced: see Fetch).
 func copyFile(src, dest string, m pgperm.Modes) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -129,9 +129,6 @@ func copyFile(src, dest string, m pgperm.Modes) error {
 		return err
 	}
 	_, err = io.Copy(tmp, in)
-	if err == nil {
-		err = tmp.Sync()
-	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -257,7 +254,6 @@ func Prefetch(ctx context.Context, s storage.Storage, o PrefetchOptions) error {
 	if err := m.WriteFile(filepath.Join(o.Spool, bootName), []byte(bootID())); err != nil {
 		return err
 	}
-	o.noSync = true
 	p := &prefetcher{s: s, o: o, log: log, inflight: map[string]bool{}, absent: map[string]time.Time{}}
 	defer p.cleanup()
 	return p.run(ctx)

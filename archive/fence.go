@@ -82,10 +82,6 @@ type FenceOptions struct {
 	// Interval is how long "no newer timeline" is trusted; 0 asks the
 	// archive on every check.
 	Interval time.Duration
-	// Codec is the compression this host pushes with: walship versions
-	// that compressed .history files stored them under its extension,
-	// so that key is asked for too.
-	Codec codec.Codec
 }
 
 // Fence answers whether a timeline has been superseded, remembering
@@ -211,15 +207,11 @@ func (f *Fence) fresh(t time.Time) bool {
 }
 
 // probe asks the archive for the history of timeline tli: one Stat of
-// its key (history files are stored uncompressed), and one more for the
-// key a compressing older walship used.
+// its key (history files are always stored uncompressed, so there is no
+// other key to try: one request per probe is what fencing costs).
 func (f *Fence) probe(ctx context.Context, s storage.Storage, tli wal.TimeLineID) (ancestry, bool, error) {
 	name := wal.HistoryFileName(tli)
-	keys := []string{WALKey(name, noCodec())}
-	if f.o.Codec.Ext() != "" {
-		keys = append(keys, WALKey(name, f.o.Codec))
-	}
-	for _, key := range keys {
+	for _, key := range []string{WALKey(name, noCodec())} {
 		info, err := s.Stat(ctx, key)
 		switch {
 		case err == nil:
@@ -423,7 +415,7 @@ func checkFence(ctx context.Context, s storage.Storage, f *os.File, fn wal.FileN
 	end := start + wal.LSN(segSize)
 	fence := o.Fence
 	if fence == nil {
-		fence = NewFence(FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Interval: DefaultFenceInterval, Codec: o.Codec})
+		fence = NewFence(FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Interval: DefaultFenceInterval})
 	}
 	err = fence.Check(ctx, s, hdr.SysID, fn.TLI, end)
 	var sup *SupersededError

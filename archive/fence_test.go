@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -197,7 +196,7 @@ func TestFenceCache(t *testing.T) {
 	cacheDir := t.TempDir()
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	newFence := func(interval time.Duration) *Fence {
-		f := NewFence(FenceOptions{CacheDir: cacheDir, Repo: "mem:test", Interval: interval, Codec: zstdCodec(t)})
+		f := NewFence(FenceOptions{CacheDir: cacheDir, Repo: "mem:test", Interval: interval})
 		f.now = func() time.Time { return now }
 		return f
 	}
@@ -216,15 +215,15 @@ func TestFenceCache(t *testing.T) {
 			t.Errorf("%s: %d Stat requests, want %d", what, got, want)
 		}
 	}
-	// The history key and the one an older walship would have used.
-	stats("first push", 2, nil, o)
+	// One request: the history key.
+	stats("first push", 1, nil, o)
 	stats("within the interval", 0, nil, o)
 	now = now.Add(9 * time.Second)
 	stats("still within", 0, nil, o)
 	o.Fence = newFence(10 * time.Second)
 	stats("next run, within the interval", 0, nil, o)
 	now = now.Add(2 * time.Second)
-	stats("after the interval", 2, nil, o)
+	stats("after the interval", 1, nil, o)
 
 	// Timeline 2 forks at 0/100000, the start of segment 1.
 	pushHistory(t, s, 2, "1\t0/100000\tx\n", PushOptions{Codec: zstdCodec(t), Repo: "mem:test"})
@@ -239,7 +238,7 @@ func TestFenceCache(t *testing.T) {
 	// Interval 0 asks every time (the cache of timeline 2 is warm, so
 	// the probe is of nothing; use another archive).
 	s2 := faulty.New(mem.New())
-	zero := NewFence(FenceOptions{CacheDir: t.TempDir(), Repo: "mem:other", Codec: noCodec()})
+	zero := NewFence(FenceOptions{CacheDir: t.TempDir(), Repo: "mem:other"})
 	for i := 1; i <= 3; i++ {
 		before := s2.Calls(faulty.OpStat)
 		if _, err := pushSegment(t, s2, 1, wal.SegNo(i), PushOptions{Codec: zstdCodec(t), Repo: "mem:other", Fence: zero}); err != nil {
@@ -293,53 +292,23 @@ func TestFenceEncrypted(t *testing.T) {
 	if name, err := pushSegment(t, pusher, 1, 3, o); !errors.Is(err, ErrSuperseded) {
 		t.Fatalf("%s past the fork, encrypted archive: %v", name, err)
 	}
-
-	// An older walship's history: zstd, encrypted, checksum only.
-	var content = []byte("2\t0/700000\tx\n")
-	var zbuf bytes.Buffer
-	zw, _ := zstdCodec(t).NewWriter(&zbuf)
-	zw.Write(content)
-	zw.Close()
-	d := digestOf(content)
-	if err := pusher.Put(ctx, "wal/00000003.history.zst", bytes.NewReader(zbuf.Bytes()), int64(zbuf.Len()), d.meta()); err != nil {
-		t.Fatal(err)
-	}
-	_, err = pushSegment(t, pusher, 2, 8, o)
-	if err == nil || errors.Is(err, ErrSuperseded) || !strings.Contains(err.Error(), "--decrypt-identity-file") {
-		t.Fatalf("a legacy encrypted history without the key: %v", err)
-	}
-	restorer := crypt.Wrap(raw, crypt.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}, Plain: func(k string) bool { return k == IdentityKey }})
-	var sup *SupersededError
-	if _, err := pushSegment(t, restorer, 2, 8, o); !errors.As(err, &sup) || sup.NewTimeline != 3 || sup.SwitchPoint != lsn(t, "0/700000") {
-		t.Fatalf("a legacy history readable with the key: %v", err)
-	}
-	// wal-fetch finds the legacy object, and pushing it again is a
-	// no-op, not a second copy.
-	if _, _, err := FindWAL(ctx, restorer, "00000003.history", zstdCodec(t)); err != nil {
-		t.Fatal(err)
-	}
-	if res := pushHistory(t, restorer, 3, string(content), o); !res.AlreadyArchived {
-		t.Fatalf("re-push of a legacy history: %+v", res)
-	}
-	if _, err := raw.Stat(ctx, "wal/00000003.history"); !errors.Is(err, storage.ErrNotExist) {
-		t.Fatalf("a second copy of 00000003.history was stored: %v", err)
-	}
 }
 
-func digestOf(data []byte) Digest {
-	f, err := os.CreateTemp("", "digest")
-	if err != nil {
-		panic(err)
+func TestReadableByAll(t *testing.T) {
+	for key, want := range map[string]bool{
+		"cluster.json":                         true,
+		"wal/00000002.history":                 true,
+		"wal/00000002.history.zst":             true,
+		"wal/000000010000000000000001.zst":     false,
+		"wal/000000010000000000000001.partial": false,
+		"basebackups/b/backup.json":            false,
+		"partial/00000002.history":             false,
+		"wal/00000002.history.x/y":             false,
+	} {
+		if got := ReadableByAll(key); got != want {
+			t.Errorf("ReadableByAll(%q) = %v, want %v", key, got, want)
+		}
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	f.Write(data)
-	obj, err := prepare(f, int64(len(data)), noCodec())
-	if err != nil {
-		panic(err)
-	}
-	obj.close()
-	return obj.digest
 }
 
 // TestPushAheadFenced: look-ahead goes through the same check and

@@ -66,7 +66,7 @@ func Push(ctx context.Context, s storage.Storage, o PushOptions) (Backup, error)
 	}
 	fence := o.Fence
 	if fence == nil {
-		fence = archive.NewFence(archive.FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Codec: o.Codec})
+		fence = archive.NewFence(archive.FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo})
 	}
 	// Before anything is stored: an old primary that kept running
 	// after a failover has written past the fork.

@@ -77,7 +77,7 @@ func (a *app) walPush(c *cli.Context) error {
 	}
 	// One fence for this push and those pushed ahead: they share its
 	// request.
-	o.Fence = archive.NewFence(archive.FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Interval: c.Duration(flagFenceCheckInterval), Codec: cd})
+	o.Fence = archive.NewFence(archive.FenceOptions{CacheDir: o.CacheDir, Repo: o.Repo, Interval: c.Duration(flagFenceCheckInterval)})
 	path := argv[0]
 	if o.DataDir != "" && archive.TakeMarker(o.DataDir, o.Repo, path) {
 		a.log.Info(fmt.Sprintf("archived %s (pushed ahead)", filepath.Base(path)), "file", filepath.Base(path), "ahead", true)

@@ -14,6 +14,10 @@ import (
 	"github.com/walship/walship/wal"
 )
 
+// IsPartialSnapshot reports whether key is one of wal-stream's snapshots
+// of a segment in progress (see PartialPrefix).
+func IsPartialSnapshot(key string) bool { return strings.HasPrefix(key, PartialPrefix) }
+
 // PartialPrefix holds snapshots of segments wal-stream is still
 // receiving (wal-stream --partial-interval):
 //

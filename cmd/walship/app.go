@@ -15,6 +15,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/walship/walship/archive"
 	"github.com/walship/walship/codec"
 	"github.com/walship/walship/storage"
 	"github.com/walship/walship/storage/fs"
@@ -325,6 +326,9 @@ func (a *app) openRepo(c *cli.Context) (storage.Storage, error) {
 
 			ObjectLockDays: c.Int(flagObjectLockDays),
 			ObjectLockMode: c.String(flagObjectLockMode),
+			// Snapshots of the segment being streamed are replaced
+			// every --partial-interval; the completed segment is locked.
+			ObjectLockExempt: archive.IsPartialSnapshot,
 		})
 		if err == nil {
 			s, a.requests = st, st.Requests

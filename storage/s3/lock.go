@@ -34,8 +34,9 @@ const maxLockDays = 36500
 
 // objectLock is the retention every new object gets; days 0 means none.
 type objectLock struct {
-	days int
-	mode types.ObjectLockMode
+	days   int
+	mode   types.ObjectLockMode
+	exempt func(key string) bool
 }
 
 func checkObjectLock(days int, mode string) (objectLock, error) {
@@ -61,8 +62,8 @@ func checkObjectLock(days int, mode string) (objectLock, error) {
 // none without Object Lock. S3 wants an integrity checksum on such a
 // request; every walship write carries a CRC32C (a PutObject in a header,
 // a multipart upload in each part).
-func (s *Storage) lockHeaders() (types.ObjectLockMode, *time.Time) {
-	if s.lock.days == 0 {
+func (s *Storage) lockHeaders(key string) (types.ObjectLockMode, *time.Time) {
+	if s.lock.days == 0 || (s.lock.exempt != nil && s.lock.exempt(key)) {
 		return "", nil
 	}
 	until := time.Now().Add(time.Duration(s.lock.days) * 24 * time.Hour).UTC()

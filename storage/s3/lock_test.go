@@ -26,6 +26,7 @@ func TestObjectLock(t *testing.T) {
 	srv := s3test.Start(t)
 	useServer(t, srv)
 	t.Run("WritesCarryRetention", func(t *testing.T) { testWritesCarryRetention(t, srv) })
+	t.Run("ExemptKeys", func(t *testing.T) { testLockExempt(t, srv) })
 	t.Run("DeleteRefused", func(t *testing.T) { testDeleteRefused(t, srv) })
 	t.Run("NoLockConfiguration", func(t *testing.T) { testNoLockConfiguration(t, srv) })
 	t.Run("VersionedDelete", func(t *testing.T) { testVersionedDelete(t, srv) })
@@ -76,6 +77,37 @@ func checkRetention(t *testing.T, srv *s3test.Server, bucket, object string, mod
 	want := time.Now().Add(time.Duration(days) * 24 * time.Hour)
 	if m == nil || *m != mode || until == nil || until.Sub(want).Abs() > 5*time.Minute {
 		t.Fatalf("%s is locked %v until %v, want %s until about %v", object, m, until, mode, want)
+	}
+}
+
+// testLockExempt: keys the exemption names are stored without a lock
+// and can be replaced (deleted and written again); the others are locked.
+func testLockExempt(t *testing.T, srv *s3test.Server) {
+	bucket := srv.NewLockedBucket(t)
+	ctx := t.Context()
+	st := open(t, srv, s3.Options{Bucket: bucket, Prefix: "p", ObjectLockDays: 2,
+		ObjectLockExempt: func(key string) bool { return strings.HasPrefix(key, "partial/") }})
+	for _, key := range []string{"partial/snap", "wal/locked"} {
+		if err := st.Put(ctx, key, strings.NewReader("x"), 1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkRetention(t, srv, bucket, "p/wal/locked", minio.Compliance, 2)
+	vs := versions(t, srv, bucket, "p/partial/snap")
+	if len(vs) != 1 {
+		t.Fatalf("p/partial/snap has versions %q, want one", vs)
+	}
+	if m, _, err := srv.Client().GetObjectRetention(ctx, bucket, "p/partial/snap", vs[0]); err == nil && m != nil {
+		t.Fatalf("an exempt key is locked (%v)", *m)
+	}
+	if err := st.Delete(ctx, "partial/snap"); err != nil {
+		t.Fatalf("deleting an exempt key: %v", err)
+	}
+	if vs := versions(t, srv, bucket, "p/partial/snap"); len(vs) != 0 {
+		t.Fatalf("the exempt key left versions %q", vs)
+	}
+	if err := st.Delete(ctx, "wal/locked"); err == nil {
+		t.Fatal("a locked key was deleted")
 	}
 }
 

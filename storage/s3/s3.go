@@ -136,6 +136,11 @@ type Options struct {
 	// The bucket must have been created with Object Lock.
 	ObjectLockDays int
 	ObjectLockMode string
+	// ObjectLockExempt, when set, names keys written without a lock:
+	// objects that are replaced as a matter of course (wal-stream's
+	// snapshots of the segment in progress), which a lock would keep
+	// from being replaced.
+	ObjectLockExempt func(key string) bool
 }
 
 // DefaultStallTimeout is generous enough for a server that is slow but
@@ -206,6 +211,7 @@ func New(ctx context.Context, o Options) (*Storage, error) {
 	if err != nil {
 		return nil, storage.Permanent(err)
 	}
+	lock.exempt = o.ObjectLockExempt
 
 	var roots *x509.CertPool
 	if o.CAFile != "" {
@@ -362,7 +368,7 @@ func (s *Storage) putObject(ctx context.Context, key string, body *section, sum 
 	defer w.stop()
 	body.progress = w.progress
 	sse, sseKey := s.sseHeaders()
-	lockMode, lockUntil := s.lockHeaders()
+	lockMode, lockUntil := s.lockHeaders(key)
 	out, err := s.client.PutObject(w.ctx, &s3.PutObjectInput{
 		Bucket:               aws.String(s.bucket),
 		Key:                  aws.String(s.objectKey(key)),

@@ -230,7 +230,7 @@ func (st *stream) create(ctx context.Context) error {
 		w := st.s.watch(ctx)
 		defer w.stop()
 		sse, sseKey := st.s.sseHeaders()
-		lockMode, lockUntil := st.s.lockHeaders()
+		lockMode, lockUntil := st.s.lockHeaders(st.key)
 		out, err := st.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
 			Bucket:               aws.String(st.s.bucket),
 			Key:                  aws.String(st.s.objectKey(st.key)),

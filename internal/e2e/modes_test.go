@@ -16,6 +16,7 @@ import (
 	"github.com/walship/walship/archive"
 	"github.com/walship/walship/internal/pgtest"
 	"github.com/walship/walship/restore"
+	"github.com/walship/walship/wal"
 )
 
 // TestFileModes: everything walship creates — the file:// archive, the
@@ -316,8 +317,8 @@ func modeOf(t *testing.T, path string) fs.FileMode {
 	return fi.Mode().Perm()
 }
 
-// readyFiles lists the WAL files archive_status marks ready, oldest
-// first.
+// readyFiles lists the WAL files archive_status marks ready, in the
+// order PostgreSQL archives them (and look-ahead pushes them).
 func readyFiles(t *testing.T, status string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(status)
@@ -326,11 +327,15 @@ func readyFiles(t *testing.T, status string) []string {
 	}
 	var names []string
 	for _, e := range entries {
-		if name, ok := strings.CutSuffix(e.Name(), ".ready"); ok && segmentName.MatchString(name) {
-			names = append(names, name)
+		// Every WAL file, not only segments: a .backup file that
+		// backup-push left waiting is pushed ahead like the others.
+		if name, ok := strings.CutSuffix(e.Name(), ".ready"); ok {
+			if _, err := wal.ParseFileName(name); err == nil {
+				names = append(names, name)
+			}
 		}
 	}
-	sort.Strings(names)
+	sort.Slice(names, func(i, j int) bool { return wal.ArchiveLess(names[i], names[j]) })
 	return names
 }
 

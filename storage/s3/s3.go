@@ -358,7 +358,18 @@ func (s *Storage) Put(ctx context.Context, key string, body io.ReadSeeker, size 
 	if _, err := sec.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("s3 put %s: rewinding the body: %w", s.url(key), err)
 	}
-	return s.putObject(ctx, key, sec, sum, meta)
+	err = s.putObject(ctx, key, sec, sum, meta)
+	if err != nil && !storage.IsPermanent(err) && ctx.Err() == nil && httpStatus(err) == 0 {
+		// A server refusing the conditional write because the key exists
+		// may answer and close the connection before it has read the
+		// body; the client then sees a broken connection (no answer at
+		// all), not the 412, and retrying would only repeat it. Ask
+		// whether the key exists.
+		if _, serr := s.Stat(ctx, key); serr == nil {
+			return fmt.Errorf("s3 put %s: %w (the upload broke off; the key is stored)", s.url(key), storage.ErrExist)
+		}
+	}
+	return err
 }
 
 // putObject stores body, whose CRC32C is sum, with one conditional

@@ -63,6 +63,13 @@ func walship(t *testing.T, dir string, env []string, args ...string) result {
 	cmd := exec.Command(walshipBin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(baseEnv(), env...)
+	return run(t, cmd)
+}
+
+// run runs cmd and returns what it did; only a failure to start it at
+// all fails the test.
+func run(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
@@ -74,7 +81,7 @@ func walship(t *testing.T, dir string, env []string, args ...string) result {
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	default:
-		t.Fatalf("run walship: %v", err)
+		t.Fatalf("run %s: %v", cmd.Path, err)
 	}
 	return r
 }

@@ -350,18 +350,5 @@ func walshipAs(t *testing.T, c *pgtest.Cluster, dir string, env []string, args .
 	if c != nil {
 		c.RunAsServerUser(cmd)
 	}
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("run walship: %v", err)
-	}
-	return r
+	return run(t, cmd)
 }
